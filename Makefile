@@ -1,0 +1,24 @@
+# One venv for everything; torch is pinned first so pip takes the CPU build on disk
+# instead of downloading a multi-GB CUDA one.
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+
+.PHONY: demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e .[dev]
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m pretrainer.demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/train_throughput.py

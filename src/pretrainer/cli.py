@@ -1,0 +1,117 @@
+"""The `pretrainer` command line: parse, build a config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .data.sources import DataError
+from .train.checkpoint import CheckpointError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FloatingPointError)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=200")
+
+
+def cmd_data(args) -> None:
+    from .data.shards import prepare
+
+    shards = prepare(load_config(args.config, args.overrides).data)
+    m = shards.manifest
+    verb = "up to date" if shards.reused else "written"
+    print(
+        f"{shards.dir}: {verb}; vocab {m['vocab_size']}, {m['dtype']}, "
+        + ", ".join(f"{k} {v['tokens']:,} tokens in {v['documents']} documents" for k, v in m["splits"].items())
+    )
+
+
+def cmd_train(args) -> None:
+    from .train.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    result = train(config, run_dir, resume=args.resume)
+    print(f"done: step {result.step}, val loss {result.val_loss:.4f}; {run_dir}/loss.png")
+
+
+def cmd_generate(args) -> None:
+    from .model.generate import generate_text
+    from .train.checkpoint import load
+    from .train.trainer import resolve_device
+
+    model, tokenizer, _ = load(args.checkpoint, resolve_device(args.device))
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        text = generate_text(
+            model,
+            tokenizer,
+            args.prompt,
+            args.max_new_tokens,
+            stop=args.stop,
+            temperature=0.0 if args.greedy else args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=seed,
+        )
+        print(args.prompt + text)
+        if i + 1 < args.num_samples:
+            print("-" * 40)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="fetch or read a corpus, train a tokenizer, write token shards")
+    _config_args(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="pretrain a model from a config")
+    _config_args(p)
+    p.add_argument("--run-dir", help="where metrics, checkpoints and plots go (default runs/CONFIG_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained model")
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # overrides may come after options (train CFG --run-dir D a.b=1), which argparse alone rejects
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides += extra
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

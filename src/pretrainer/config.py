@@ -1,0 +1,214 @@
+"""Configuration: dataclasses are the schema, YAML files are recipes, `section.key=value` overrides.
+
+Everything a run needs is in one `Config`; families (GPT-2, Llama, ...) are config data, not classes.
+Unknown keys are errors that name the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config the user wrote cannot be used; the message says why and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "decoder"  # decoder (GPT/Llama)
+    vocab_size: int | None = None  # None: the tokenizer's size, rounded up to a multiple of 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: n_head (multi-head); fewer: grouped-query attention
+    d_model: int = 128
+    d_ff: int | None = None  # None: 4 * d_model
+    max_seq_len: int = 256
+    positions: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"  # gelu | gelu_tanh | relu | silu
+    gated_mlp: bool = False  # True with silu: SwiGLU (Llama)
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"  # a built-in name, or a .txt/.jsonl file, folder or glob
+    tokenizer: str = "bpe"  # bpe (trained here) | gpt2 | path/to/tokenizer.json
+    vocab_size: int = 4096  # size of a tokenizer trained here
+    val_fraction: float = 0.1  # share of documents (plays, files, lines of jsonl) held out
+    data_dir: str | None = None  # None: $PRETRAINER_CACHE/data
+    name: str | None = None  # shard folder name; None: derived from source and tokenizer
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "causal_lm"
+    seq_len: int = 128
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 500
+    keep_last: int = 2  # checkpoints kept on disk
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batches: int = 20  # validation batches per evaluation
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    ("model", "arch"): ("decoder",),
+    ("model", "positions"): ("learned", "rope"),
+    ("model", "norm"): ("layernorm", "rmsnorm"),
+    ("model", "activation"): ("gelu", "gelu_tanh", "relu", "silu"),
+    ("objective", "name"): ("causal_lm",),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+
+
+def _all_keys(cls=Config, prefix="") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        name = prefix + f.name
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        keys.extend(_all_keys(type(default), name + ".") if is_dataclass(default) else [name])
+    return keys
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{near[0]}'?" if near else "; see configs/ for valid keys"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _find_unknown(data, cls=Config, prefix="") -> str | None:
+    """The first dotted key in `data` that the schema lacks (OmegaConf's own message loses the path)."""
+    if not isinstance(data, dict):
+        return None
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            return prefix + str(key)
+        f = known[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            bad = _find_unknown(value, type(default), prefix + key + ".")
+            if bad:
+                return bad
+    return None
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Build a Config from a YAML recipe (or the defaults) and `section.key=value` overrides."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pass a YAML recipe such as configs/gpt-tiny.yaml")
+        data = OmegaConf.to_container(OmegaConf.load(p)) or {}
+        bad = _find_unknown(data)
+        if bad:
+            raise _unknown_key_error(bad)
+        layers.append(OmegaConf.create(data))
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    dotlist = []
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        if _find_unknown(OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}=0"]))):
+            raise _unknown_key_error(key)
+        dotlist.append(f"{key}={value}")
+    if dotlist:
+        layers.append(OmegaConf.from_dotlist(dotlist))
+    try:
+        merged = OmegaConf.merge(*layers)
+    except ConfigKeyError as e:  # nested key under a leaf, e.g. model.d_model.x
+        raise _unknown_key_error(str(e.full_key)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad value for '{e.full_key}': {e.msg.splitlines()[0]}") from None
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
+    m = config.model
+    if m.d_model % m.n_head:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_head={m.n_head}")
+    kv = m.n_kv_head or m.n_head
+    if m.n_head % kv:
+        raise ConfigError(f"model.n_head={m.n_head} is not divisible by model.n_kv_head={kv}")
+    if m.positions == "rope" and (m.d_model // m.n_head) % 2:
+        raise ConfigError("rope needs an even head size: d_model / n_head must be even")
+    seq = config.objective.seq_len
+    if seq > m.max_seq_len:
+        raise ConfigError(
+            f"objective.seq_len={seq} is larger than the model's positions (model.max_seq_len="
+            f"{m.max_seq_len}); raise model.max_seq_len or lower objective.seq_len"
+        )
+    t = config.train
+    for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "save_every", "keep_last"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1 (got {getattr(t, key)})")
+    if not 0.0 < config.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1 (got {config.data.val_fraction})")
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml_text(text: str) -> Config:
+    """Read a config saved by `to_yaml` (a run's or a checkpoint's config.yaml)."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

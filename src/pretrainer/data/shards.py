@@ -1,0 +1,195 @@
+"""Token shards: the corpus tokenized once into flat uint16/uint32 files, and a deterministic sampler.
+
+DATA_DIR/NAME/ holds train.bin, val.bin, tokenizer.json and manifest.json. The manifest records what
+the shards were made from; asked again for the same inputs, `prepare` does no work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from ..config import DataConfig
+from .sources import Corpus, DataError, cache_dir, load_corpus
+from .tokenizer import eos_id, gpt2, load_tokenizer, tokenizer_hash, train_bpe
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Shards:
+    dir: Path
+    tokenizer: Tokenizer
+    manifest: dict
+    reused: bool  # True when nothing had to be done
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.manifest["dtype"])
+
+    def tokens(self, split: str) -> np.memmap:
+        return np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
+
+
+def shard_dir(cfg: DataConfig) -> Path:
+    if cfg.name:
+        return Path(cfg.data_dir or cache_dir() / "data") / cfg.name
+    source = Path(cfg.source).name if cfg.source not in ("shakespeare",) else cfg.source
+    tok = {"bpe": f"bpe{cfg.vocab_size}", "gpt2": "gpt2"}.get(cfg.tokenizer, Path(cfg.tokenizer).stem)
+    return Path(cfg.data_dir or cache_dir() / "data") / f"{source}-{tok}".replace("*", "_")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _pieces(text: str, size: int = 1 << 20) -> list[str]:
+    """Cut a long text into ~`size` pieces at line breaks where byte-level pre-tokenization also
+    splits ("x\\ny": no whitespace on either side), so the pieces tokenize exactly as the whole."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut < len(text) - 1 and not (
+            text[cut] == "\n" and not text[cut - 1].isspace() and not text[cut + 1].isspace()
+        ):
+            cut += 1
+        pieces.append(text[start : cut + 1])
+        start = cut + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> int:
+    """Write every document's tokens followed by EOS to `path` (atomically); returns the token count."""
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "wb") as f:
+        for doc in docs:
+            # encode_batch runs in parallel (Rust threads) over the pieces of each document
+            ids = [i for enc in tok.encode_batch(_pieces(doc.text), add_special_tokens=False) for i in enc.ids]
+            ids.append(eos)
+            np.asarray(ids, dtype=dtype).tofile(f)
+            n += len(ids)
+    os.replace(tmp, path)
+    return n
+
+
+def _tokenizer_spec(cfg: DataConfig) -> dict:
+    if cfg.tokenizer == "bpe":
+        return {"kind": "bpe", "vocab_size": cfg.vocab_size}
+    if cfg.tokenizer == "gpt2":
+        return {"kind": "gpt2"}
+    return {"kind": "file", "sha256": tokenizer_hash(load_tokenizer(cfg.tokenizer))}
+
+
+def prepare(cfg: DataConfig) -> Shards:
+    """Make (or find) the shards that `cfg` describes."""
+    corpus: Corpus = load_corpus(cfg.source, cfg.val_fraction)
+    inputs = {"sources": corpus.fingerprint(), "tokenizer": _tokenizer_spec(cfg), "val_fraction": cfg.val_fraction}
+    out = shard_dir(cfg)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("version") == MANIFEST_VERSION and manifest.get("inputs") == inputs:
+            tok = load_tokenizer(out / "tokenizer.json")
+            if tokenizer_hash(tok) == manifest["tokenizer_sha256"]:
+                return Shards(out, tok, manifest, reused=True)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path.unlink(missing_ok=True)  # the shards below are about to change
+    if cfg.tokenizer == "bpe":
+        tok = train_bpe((d.text for d in corpus.train), cfg.vocab_size)
+    elif cfg.tokenizer == "gpt2":
+        tok = gpt2()
+    else:
+        tok = load_tokenizer(cfg.tokenizer)
+    eos = eos_id(tok)
+    dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
+    _atomic_write(out / "tokenizer.json", tok.to_str().encode())
+    splits = {}
+    for split, docs in (("train", corpus.train), ("val", corpus.val)):
+        n = _tokenize(tok, docs, eos, dtype, out / f"{split}.bin")
+        splits[split] = {"tokens": n, "documents": len(docs)}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "inputs": inputs,
+        "tokenizer_sha256": tokenizer_hash(tok),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_id": eos,
+        "dtype": dtype.name,
+        "splits": splits,
+    }
+    _atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
+    return Shards(out, tok, manifest, reused=False)
+
+
+class TokenWindows:
+    """Training examples: windows of seq_len+1 tokens (input, and target shifted by one).
+
+    Each epoch cuts the token stream into non-overlapping windows at a random offset and visits them
+    in a random order, both drawn from (seed, epoch). Example i is a pure function of i, so the data
+    cursor is one integer and a resumed run sees exactly the examples the uninterrupted one would.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, split: str = "train"):
+        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.per_epoch = (len(tokens) - 1 - seq_len) // seq_len
+        if self.per_epoch < 1:
+            raise DataError(
+                f"the {split} split has {len(tokens)} tokens, too few for one window of objective.seq_len="
+                f"{seq_len}; lower objective.seq_len or add text"
+            )
+        self._epoch, self._order, self._offset = -1, None, 0
+
+    def _start(self, i: int) -> int:
+        epoch, k = divmod(i, self.per_epoch)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._offset = int(rng.integers(self.seq_len))
+            self._order = rng.permutation(self.per_epoch)
+            self._epoch = epoch
+        return self._offset + int(self._order[k]) * self.seq_len
+
+    def batch(self, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in map(self._start, range(first, first + size))])
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+
+class Prefetcher:
+    """Builds the next batches in a background thread while the model trains on the current one."""
+
+    def __init__(self, windows: TokenWindows, first: int, batch_size: int, depth: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+        def work():
+            i = first
+            while not self._stop.is_set():
+                item = windows.batch(i, batch_size)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                i += batch_size
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._queue.get()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

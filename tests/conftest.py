@@ -1,0 +1,62 @@
+import random
+
+import pytest
+
+from pretrainer.config import load_config
+
+WORDS = (
+    "the king queen lord lady speaks walks sleeps sees loves hates a good bad old young sword crown "
+    "castle night day and but with to from my thy his her fair foul brave"
+).split()
+
+
+def make_corpus(folder, n_docs=6, sentences=120, seed=0):
+    """A folder of small .txt documents of simple, learnable sentences."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n_docs):
+        lines = []
+        for _ in range(sentences):
+            n = rng.randint(4, 9)
+            lines.append(" ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + ".")
+        (folder / f"doc{d}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_corpus(tmp_path / "corpus")
+
+
+def tiny_overrides(corpus, data_dir, **extra):
+    base = {
+        "data.source": str(corpus),
+        "data.tokenizer": "bpe",
+        "data.vocab_size": 300,
+        "data.val_fraction": 0.2,
+        "data.data_dir": str(data_dir),
+        "model.n_layer": 2,
+        "model.n_head": 2,
+        "model.d_model": 32,
+        "model.max_seq_len": 64,
+        "objective.seq_len": 32,
+        "train.batch_size": 4,
+        "train.max_steps": 20,
+        "train.warmup_steps": 2,
+        "train.lr": 3e-3,
+        "train.log_every": 1,
+        "train.eval_every": 10,
+        "train.save_every": 10,
+        "train.progress": False,
+        "eval.batches": 2,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_config(corpus, tmp_path):
+    def make(**extra):
+        return load_config(None, tiny_overrides(corpus, tmp_path / "data", **extra))
+
+    return make

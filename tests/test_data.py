@@ -1,0 +1,152 @@
+import json
+
+import numpy as np
+import pytest
+
+from pretrainer.config import DataConfig
+from pretrainer.data.shards import TokenWindows, _pieces, prepare
+from pretrainer.data.sources import DataError, load_corpus, shakespeare, strip_gutenberg
+from pretrainer.data.tokenizer import gpt2, train_bpe
+
+
+def data_config(source, tmp_path, **kw):
+    return DataConfig(source=str(source), vocab_size=300, val_fraction=0.2, data_dir=str(tmp_path / "data"), **kw)
+
+
+def test_bpe_round_trip():
+    texts = ["To be, or not to be: that is the question.", "Ünïcödé — 漢字 and emoji 🎭 survive."]
+    tok = train_bpe(texts * 20, vocab_size=400)
+    for text in texts + ["unseen words: zxqv, tabs\tand\nnewlines  "]:
+        assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_gpt2_tokenizer_matches_gpt2():
+    tok = gpt2()
+    assert tok.encode("Hello world").ids == [15496, 995]
+    assert tok.get_vocab_size() == 50257 and tok.token_to_id("<|endoftext|>") == 50256
+
+
+def test_pieces_tokenize_like_the_whole():
+    tok = train_bpe(["a b c\nd e f\n  g\n"] * 10, vocab_size=300)
+    text = "".join(f"line {i} text \n  indented {i}\nplain\n" for i in range(200))
+    pieces = _pieces(text, size=97)
+    assert len(pieces) > 5 and "".join(pieces) == text
+    assert [i for p in pieces for i in tok.encode(p).ids] == tok.encode(text).ids
+
+
+def test_shards_manifest_and_noop_rerun(corpus, tmp_path):
+    cfg = data_config(corpus, tmp_path)
+    shards = prepare(cfg)
+    m = shards.manifest
+    assert not shards.reused and m["dtype"] == "uint16"
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 6
+    for split in ("train", "val"):
+        tokens = shards.tokens(split)
+        assert len(tokens) == m["splits"][split]["tokens"]
+        # one EOS after every document, and the text decodes back
+        assert int((tokens == m["eos_id"]).sum()) == m["splits"][split]["documents"] and tokens[-1] == m["eos_id"]
+    assert sorted(k.split("/", 1)[1] for k in m["inputs"]["sources"]) == [f"{corpus}/doc{i}.txt" for i in range(6)]
+    bins = {p.name: p.stat().st_mtime_ns for p in shards.dir.iterdir()}
+    again = prepare(cfg)
+    assert again.reused and {p.name: p.stat().st_mtime_ns for p in again.dir.iterdir()} == bins
+
+    (corpus / "doc0.txt").write_text("Changed text entirely. " * 50)
+    changed = prepare(cfg)
+    assert not changed.reused and changed.manifest["inputs"] != m["inputs"]
+
+
+def test_split_is_by_document_and_text_survives(corpus, tmp_path):
+    shards = prepare(data_config(corpus, tmp_path))
+    corpus_split = load_corpus(str(corpus), 0.2)
+    assert {d.name for d in corpus_split.train}.isdisjoint(d.name for d in corpus_split.val)
+    eos = shards.manifest["eos_id"]
+    val = shards.tokens("val").tolist()
+    texts = [shards.tokenizer.decode(list(g)) for g in np.split(val, np.where(np.array(val) == eos)[0] + 1) if len(g)]
+    assert [t.replace("<|endoftext|>", "") for t in texts] == [d.text for d in corpus_split.val]
+
+
+def test_jsonl_records_are_documents(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"record {i} " * 20, "id": i}) for i in range(10)) + "\n")
+    corpus = load_corpus(str(path), 0.2)
+    assert len(corpus.train) == 8 and len(corpus.val) == 2
+
+
+def test_jsonl_without_text_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n{"body": "no text"}\n')
+    with pytest.raises(DataError, match=r"c.jsonl:2: no string field 'text'"):
+        load_corpus(str(path), 0.1)
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.txt").write_text("  \n\n")
+    with pytest.raises(DataError, match="has no text"):
+        prepare(data_config(tmp_path / "e", tmp_path))
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file, folder or glob match"):
+        load_corpus(str(tmp_path / "missing.txt"), 0.1)
+
+
+def test_non_utf8_is_replaced_with_a_warning(tmp_path):
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"caf" + b"\xe9 au lait\n" * 20)
+    (folder / "b.txt").write_text("plain text\n" * 20)
+    with pytest.warns(UserWarning, match=r"a.txt: not valid UTF-8 \(first bad byte at offset 3\)"):
+        corpus = load_corpus(str(folder), 0.5)
+    assert any("caf\ufffd au lait" in d.text for d in corpus.train + corpus.val)
+
+
+def test_single_file_holds_out_its_tail(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(100)))
+    with pytest.warns(UserWarning, match="single document"):
+        corpus = load_corpus(str(path), 0.1)
+    assert corpus.train[0].text + corpus.val[0].text == path.read_text()
+    assert corpus.val[0].text.startswith("line 9")
+
+
+def test_strip_gutenberg():
+    text = (
+        "The Project Gutenberg EBook of X\nlicence words\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+        "ACT I.\nWords of the play.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore licence\n"
+    )
+    assert strip_gutenberg(text) == "ACT I.\nWords of the play.\n"
+    assert strip_gutenberg("no header\n") == "no header\n"
+
+
+def test_shakespeare_one_edition_split_by_play():
+    plays = shakespeare()
+    names = [d.name for d in plays]
+    assert len(plays) == 42 and "hamlet" in names and not any(n.endswith("_f") for n in names)
+    assert all("Gutenberg" not in d.text for d in plays)
+    corpus = load_corpus("shakespeare", 0.1)
+    assert {d.name for d in corpus.train}.isdisjoint(d.name for d in corpus.val)
+    assert len(corpus.val) == 4 and len(corpus.train) == 38
+
+
+def test_windows_are_deterministic_and_cover_each_epoch():
+    tokens = np.arange(1000, dtype=np.uint16)
+    w = TokenWindows(tokens, seq_len=10, seed=3)
+    x, y = w.batch(0, w.per_epoch)
+    assert torch_equal(y[:, :-1], x[:, 1:])
+    starts = sorted(int(r[0]) for r in x)
+    assert len(set(starts)) == w.per_epoch and all(b - a == 10 for a, b in zip(starts, starts[1:], strict=False))
+    # example i does not depend on what was asked before it (a resumed run sees the same data)
+    fresh = TokenWindows(tokens, seq_len=10, seed=3)
+    assert torch_equal(fresh.batch(150, 7)[0], w.batch(150, 7)[0])
+    assert not torch_equal(w.batch(0, 8)[0], w.batch(w.per_epoch, 8)[0])  # a new epoch, a new order
+
+
+def test_too_short_split_is_an_error():
+    with pytest.raises(DataError, match="too few for one window"):
+        TokenWindows(np.arange(20, dtype=np.uint16), seq_len=32, seed=0, split="val")
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())

@@ -1,0 +1,167 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pretrainer
+from pretrainer.config import ConfigError
+from pretrainer.train.checkpoint import CheckpointError
+from pretrainer.train.metrics import read_metrics
+from tests.conftest import tiny_overrides
+
+
+def test_loss_decreases_and_run_dir_is_complete(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    result = pretrainer.train(tiny_config(**{"train.max_steps": 40, "train.save_every": 20}), run)
+    rows = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 40 and all("step" in r for r in rows)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert result.val_loss is not None and [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30, 40]
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
+    # keep_last=2: step-20 and step-40 remain, latest names step-40
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-20", "step-40"]
+    ckpt = run / "checkpoints" / "step-40"
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.safetensors",
+        "config.yaml",
+        "tokenizer.json",
+        "trainer_state.pt",
+    }
+
+    model, tokenizer = pretrainer.load(run)
+    text = pretrainer.generate_text(model, tokenizer, "The king", 20, temperature=0)
+    assert isinstance(text, str) and len(text) > 0
+
+
+def test_bf16_autocast_trains(tiny_config, tmp_path):
+    result = pretrainer.train(tiny_config(**{"train.precision": "bf16", "train.max_steps": 10}), tmp_path / "r")
+    assert result.val_loss is not None and result.val_loss < 6.0
+
+
+def _cli_train(overrides, run_dir, *extra):
+    cmd = [sys.executable, "-m", "pretrainer", "train", "configs/gpt-tiny.yaml", "--run-dir", str(run_dir)]
+    return subprocess.Popen(cmd + list(extra) + overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
+    overrides = tiny_overrides(
+        corpus,
+        tmp_path / "data",
+        **{
+            "train.max_steps": 60,
+            "train.save_every": 10,
+            "train.eval_every": 20,
+            "model.dropout": 0.1,
+            "train.grad_accum": 2,
+        },
+    )
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _cli_train(overrides, full).wait() == 0
+
+    proc = _cli_train(overrides, killed)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not (latest.is_file() and latest.read_text().strip() == "step-20") and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survived = int(latest.read_text().strip().split("-")[1])
+    assert survived < 60, "the run finished before it could be killed"
+    assert _cli_train(overrides, killed, "--resume").wait() == 0
+
+    def losses(run):  # every row but the timings, which differ from run to run
+        return [
+            {k: v for k, v in r.items() if k not in ("tok_per_s", "mfu")} for r in read_metrics(run / "metrics.jsonl")
+        ]
+
+    assert losses(killed) == losses(full) and len(losses(full)) == 60 + 3
+    a = load_file(full / "checkpoints" / "step-60" / "model.safetensors")
+    b = load_file(killed / "checkpoints" / "step-60" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint(tiny_config, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        pretrainer.train(tiny_config(), tmp_path / "empty", resume=True)
+
+
+def test_existing_run_needs_resume(tiny_config, tmp_path):
+    pretrainer.train(tiny_config(**{"train.max_steps": 2}), tmp_path / "r")
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        pretrainer.train(tiny_config(**{"train.max_steps": 2}), tmp_path / "r")
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_resume_with_mismatched_config(tiny_config, tmp_path):
+    pretrainer.train(tiny_config(**{"train.max_steps": 2}), tmp_path / "r")
+    with pytest.raises(CheckpointError, match=r"model.d_model is 32 in the checkpoint but 64 now"):
+        pretrainer.train(tiny_config(**{"model.d_model": 64}), tmp_path / "r", resume=True)
+
+
+def test_resume_can_extend_a_finished_run(tiny_config, tmp_path):
+    pretrainer.train(tiny_config(**{"train.max_steps": 10}), tmp_path / "r")
+    result = pretrainer.train(tiny_config(**{"train.max_steps": 14}), tmp_path / "r", resume=True)
+    steps = [r["step"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    assert result.step == 14 and steps == list(range(1, 15))
+
+
+def test_vocab_smaller_than_tokenizer(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="smaller than the tokenizer"):
+        pretrainer.train(tiny_config(**{"model.vocab_size": 100}), tmp_path / "r")
+
+
+def test_cli_errors_are_one_line(corpus, tmp_path):
+    env = dict(os.environ)
+    cases = [
+        (["train", "configs/gpt-tiny.yaml", "model.n_layr=2"], "did you mean 'model.n_layer'"),
+        (["train", "configs/gpt-tiny.yaml", "--run-dir", str(tmp_path / "x"), "--resume"], "no checkpoint"),
+        (["train", "configs/gpt-tiny.yaml", f"data.source={tmp_path}/nothing.txt"], "no such file"),
+        (["generate", str(tmp_path), "--prompt", "x"], "neither a checkpoint"),
+    ]
+    for args, message in cases:
+        out = subprocess.run([sys.executable, "-m", "pretrainer", *args], capture_output=True, text=True, env=env)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+
+
+def test_cli_data_then_generate(corpus, tmp_path):
+    overrides = tiny_overrides(corpus, tmp_path / "data", **{"train.max_steps": 4})
+    run = [sys.executable, "-m", "pretrainer"]
+    first = subprocess.run(run + ["data", "configs/gpt-tiny.yaml", *overrides], capture_output=True, text=True)
+    second = subprocess.run(run + ["data", "configs/gpt-tiny.yaml", *overrides], capture_output=True, text=True)
+    assert "written" in first.stdout and "up to date" in second.stdout, first.stderr + second.stderr
+    trained = subprocess.run(
+        run + ["train", "configs/gpt-tiny.yaml", "--run-dir", str(tmp_path / "r"), *overrides],
+        capture_output=True,
+        text=True,
+    )
+    assert trained.returncode == 0, trained.stderr
+    out = subprocess.run(
+        run
+        + [
+            "generate",
+            str(tmp_path / "r"),
+            "--prompt",
+            "The king",
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            "1",
+            "--num-samples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.count("The king") == 2, out.stderr
+    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4

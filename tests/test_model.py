@@ -3,7 +3,7 @@ import torch
 
 from pretrainer.config import ModelConfig
 from pretrainer.model import Decoder
-from pretrainer.model.blocks import attention_mask
+from pretrainer.model.blocks import attention_mask, linear_cross_entropy
 from pretrainer.model.generate import generate_text
 from pretrainer.model.hf import config_from_hf, state_dict_from_hf
 
@@ -151,3 +151,23 @@ def test_generate_text_cuts_at_stop_string():
     stop = full[5:7]
     cut = generate_text(m, CharTokenizer(), "hello", 30, stop=[stop], temperature=0)
     assert cut == full[: full.index(stop)] and len(cut) < len(full)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_linear_cross_entropy_equals_cross_entropy(autocast):
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 32, requires_grad=True)
+    weight = torch.randn(1000, 32, requires_grad=True)
+    targets = torch.randint(0, 1000, (300,))
+    targets[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expected = torch.nn.functional.cross_entropy((hidden @ weight.t()).float(), targets, ignore_index=-100)
+        got = linear_cross_entropy(hidden, weight, targets)
+        with torch.no_grad():
+            got_eval = linear_cross_entropy(hidden, weight, targets)
+    grads_expected = torch.autograd.grad(expected, (hidden, weight))
+    grads_got = torch.autograd.grad(2.0 * got, (hidden, weight))  # the upstream gradient is applied
+    tol = 1e-4 if autocast else 1e-6
+    assert abs(expected.item() - got.item()) < tol * expected.item() and abs(got.item() - got_eval.item()) < 1e-5
+    for e, g in zip(grads_expected, grads_got, strict=True):
+        assert (2.0 * e - g).abs().max() < tol

@@ -117,13 +117,21 @@ class SelfAttention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         kv_len = k.shape[-2]
         dropout = self.dropout if self.training else 0.0
+        if x.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
+            # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float(), t, kv_len, key_padding_mask, dropout)
+        else:
+            y = self._attend(q, k, v, t, kv_len, key_padding_mask, dropout)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+    def _attend(self, q, k, v, t, kv_len, key_padding_mask, dropout):
         if self.causal and key_padding_mask is None and t == kv_len:
             # the same rule as attention_mask, on SDPA's fused causal path
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
-            mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class MLP(nn.Module):
@@ -177,3 +185,55 @@ def init_weights(model: nn.Module, config: ModelConfig) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=config.init_std)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (hidden @ weight.T) against targets, in row chunks, gradients computed on the
+    way: the (tokens x vocab) logits are never stored whole, and each chunk's softmax becomes its
+    gradient while it is still in cache. Exact: the same numbers as cross_entropy(linear(h, w), t)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
+        n_valid = (targets != -100).sum().clamp(min=1)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        w = weight.to(compute_dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].to(compute_dtype)
+            t = targets[start : start + chunk]
+            valid = t != -100
+            t = t.clamp(min=0)
+            logits = (h @ w.t()).float()
+            lse = logits.logsumexp(dim=-1)
+            total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * valid).sum()
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            grad[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad *= (valid / n_valid)[:, None]
+            grad = grad.to(compute_dtype)
+            grad_hidden[start : start + chunk] = grad @ w
+            grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, targets) (targets of -100 ignored) for hidden (N, d), weight (V, d),
+    without materialising the N x V logits. Under autocast the matmuls run in the autocast dtype."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    chunk = max(16, (1 << 20) // weight.shape[0])  # ~4 MB of fp32 logits per chunk
+    with torch.autocast(device, enabled=False):
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, chunk)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w = weight.to(dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            logits = (hidden[start : start + chunk].to(dtype) @ w.t()).float()
+            total += F.cross_entropy(logits, targets[start : start + chunk], ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)

@@ -7,11 +7,10 @@ Llama: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import Block, KVCache, Rotary, init_weights, norm
+from .blocks import Block, KVCache, Rotary, init_weights, linear_cross_entropy, norm
 
 
 class Decoder(nn.Module):
@@ -38,8 +37,9 @@ class Decoder(nn.Module):
         targets: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (batch, time, vocab) for token ids `idx`; with `targets`, also the mean cross-entropy
-        (targets of -100 are ignored). With `cache`, `idx` continues the cached positions."""
+        """(logits, None): logits (batch, time, vocab) for token ids `idx`; with `cache`, `idx` continues the
+        cached positions. With `targets`: (None, mean cross-entropy), targets of -100 ignored; the logits
+        are then never materialised whole (see `linear_cross_entropy`)."""
         start = cache[0].length if cache else 0
         t = idx.shape[1]
         if start + t > self.config.max_seq_len:
@@ -53,11 +53,10 @@ class Decoder(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, self.rotary, cache[i] if cache else None)
-        logits = self.lm_head(self.norm_f(x))
-        loss = None
+        x = self.norm_f(x)
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return self.lm_head(x), None
 
     def new_cache(self, batch: int, device=None, dtype=None) -> list[KVCache]:
         c = self.config

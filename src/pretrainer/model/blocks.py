@@ -188,32 +188,31 @@ def init_weights(model: nn.Module, config: ModelConfig) -> None:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (hidden @ weight.T) against targets, in row chunks, gradients computed on the
-    way: the (tokens x vocab) logits are never stored whole, and each chunk's softmax becomes its
-    gradient while it is still in cache. Exact: the same numbers as cross_entropy(linear(h, w), t)."""
+    """Mean cross-entropy of (hidden @ weight.T) against targets with its gradient formed in the same pass:
+    row chunk by row chunk, each chunk's softmax becomes d(loss)/d(logits) while it is still in cache, so
+    the fp32 logits are never stored whole (only the gradient, in the compute dtype). Exact: the same
+    numbers as cross_entropy(linear(h, w), t)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
         n_valid = (targets != -100).sum().clamp(min=1)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        w = weight.to(compute_dtype)
+        h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+        grad_logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=compute_dtype, device=hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start : start + chunk].to(compute_dtype)
             t = targets[start : start + chunk]
             valid = t != -100
             t = t.clamp(min=0)
-            logits = (h @ w.t()).float()
+            logits = (h_all[start : start + chunk] @ w.t()).float()
             lse = logits.logsumexp(dim=-1)
             total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * valid).sum()
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
             grad *= (valid / n_valid)[:, None]
-            grad = grad.to(compute_dtype)
-            grad_hidden[start : start + chunk] = grad @ w
-            grad_weight += (grad.t() @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            grad_logits[start : start + chunk] = grad
+        grad_hidden = (grad_logits @ w).to(hidden.dtype)
+        grad_weight = (grad_logits.t() @ h_all).to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
         return total / n_valid
 
     @staticmethod
@@ -224,7 +223,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, targets) (targets of -100 ignored) for hidden (N, d), weight (V, d),
-    without materialising the N x V logits. Under autocast the matmuls run in the autocast dtype."""
+    without storing the fp32 N x V logits. Under autocast the matmuls run in the autocast dtype."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     chunk = max(16, (1 << 20) // weight.shape[0])  # ~4 MB of fp32 logits per chunk

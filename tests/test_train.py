@@ -165,3 +165,9 @@ def test_cli_data_then_generate(corpus, tmp_path):
     )
     assert out.returncode == 0 and out.stdout.count("The king") == 2, out.stderr
     assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+def test_non_finite_loss_stops_the_run(tiny_config, tmp_path):
+    config = tiny_config(**{"train.lr": 1e9, "train.grad_clip": 0, "train.warmup_steps": 1})
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+; lower train.lr"):
+        pretrainer.train(config, tmp_path / "r")

@@ -193,8 +193,8 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
                 loss_value = loss_sum.item() / (window_steps * t.grad_accum)  # the only sync per log interval
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(
-                        f"loss is {loss_value} at step {step}; lower train.lr or use train.precision=fp32, "
-                        f"then --resume from the last checkpoint"
+                        f"loss is {loss_value} at step {step}; lower train.lr (or use train.precision=fp32) and "
+                        "--resume from the last checkpoint, or start again"
                     )
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / elapsed

@@ -21,22 +21,32 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "decoder"  # decoder (GPT/Llama)
+    arch: str = "decoder"  # decoder (GPT/Llama) | encoder (BERT) | encoder_decoder (T5)
     vocab_size: int | None = None  # None: the tokenizer's size, rounded up to a multiple of 64
-    n_layer: int = 4
+    n_layer: int = 4  # the encoder's layers for encoder_decoder
+    n_decoder_layer: int | None = None  # encoder_decoder only; None: n_layer
     n_head: int = 4
     n_kv_head: int | None = None  # None: n_head (multi-head); fewer: grouped-query attention
+    head_dim: int | None = None  # None: d_model / n_head
     d_model: int = 128
     d_ff: int | None = None  # None: 4 * d_model
     max_seq_len: int = 256
-    positions: str = "learned"  # learned | rope
+    positions: str = "learned"  # learned | rope | relative (T5's bucketed bias, shared by all layers)
     rope_theta: float = 10000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
+    norm_position: str = "pre"  # pre (GPT-2, T5, Llama) | post (original BERT)
     activation: str = "gelu_tanh"  # gelu | gelu_tanh | relu | silu
-    gated_mlp: bool = False  # True with silu: SwiGLU (Llama)
+    gated_mlp: bool = False  # True with silu: SwiGLU (Llama); with gelu_tanh: GeGLU (T5 v1.1)
     bias: bool = True
+    scale_attention: bool = True  # False: no 1/sqrt(head_dim) in attention (T5 folds it into the init)
     tie_embeddings: bool = True
+    head_scale: bool = False  # encoder_decoder: decoder output times d_model^-0.5 before the head (T5 v1.0)
+    type_vocab_size: int = 0  # encoder: segment (token type) embeddings; BERT uses 2
+    nsp_head: bool = False  # encoder: next-sentence prediction head on the pooled <cls>
+    decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
     dropout: float = 0.0
     init_std: float = 0.02
 
@@ -44,8 +54,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "shakespeare"  # a built-in name, or a .txt/.jsonl file, folder or glob
-    tokenizer: str = "bpe"  # bpe (trained here) | gpt2 | path/to/tokenizer.json
+    tokenizer: str = "bpe"  # bpe | wordpiece | unigram (trained here) | gpt2 | path/to/tokenizer.json
     vocab_size: int = 4096  # size of a tokenizer trained here
+    sentinels: int = 100  # unigram: <extra_id_0> ... sentinels for span corruption
     val_fraction: float = 0.1  # share of documents (plays, files, lines of jsonl) held out
     data_dir: str | None = None  # None: $PRETRAINER_CACHE/data
     name: str | None = None  # shard folder name; None: derived from source and tokenizer
@@ -53,8 +64,13 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "causal_lm"
-    seq_len: int = 128
+    name: str = "causal_lm"  # causal_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder)
+    seq_len: int = 128  # tokens per example; the encoder's input length for span_corruption
+    mask_prob: float = 0.15  # mlm: share of tokens chosen (80% [MASK], 10% random, 10% kept)
+    whole_word: bool = False  # mlm: choose whole words
+    nsp: bool = False  # mlm: also next-sentence prediction on sentence pairs
+    noise_density: float = 0.15  # span_corruption: share of tokens masked
+    mean_span_length: float = 3.0  # span_corruption
 
 
 @dataclass
@@ -95,13 +111,15 @@ class Config:
 
 
 _CHOICES = {
-    ("model", "arch"): ("decoder",),
-    ("model", "positions"): ("learned", "rope"),
+    ("model", "arch"): ("decoder", "encoder", "encoder_decoder"),
+    ("model", "positions"): ("learned", "rope", "relative"),
     ("model", "norm"): ("layernorm", "rmsnorm"),
+    ("model", "norm_position"): ("pre", "post"),
     ("model", "activation"): ("gelu", "gelu_tanh", "relu", "silu"),
-    ("objective", "name"): ("causal_lm",),
+    ("objective", "name"): ("causal_lm", "mlm", "span_corruption"),
     ("train", "precision"): ("fp32", "bf16"),
 }
+OBJECTIVE_OF_ARCH = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
 
 
 def _all_keys(cls=Config, prefix="") -> list[str]:
@@ -183,12 +201,18 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
     m = config.model
-    if m.d_model % m.n_head:
+    wanted = OBJECTIVE_OF_ARCH[m.arch]
+    if config.objective.name != wanted:
+        raise ConfigError(
+            f"model.arch={m.arch} trains with objective.name={wanted}, not {config.objective.name}; "
+            f"set objective.name={wanted} or pick the model that goes with {config.objective.name}"
+        )
+    if m.d_model % m.n_head and m.head_dim is None:
         raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_head={m.n_head}")
     kv = m.n_kv_head or m.n_head
     if m.n_head % kv:
         raise ConfigError(f"model.n_head={m.n_head} is not divisible by model.n_kv_head={kv}")
-    if m.positions == "rope" and (m.d_model // m.n_head) % 2:
+    if m.positions == "rope" and (m.head_dim or m.d_model // m.n_head) % 2:
         raise ConfigError("rope needs an even head size: d_model / n_head must be even")
     seq = config.objective.seq_len
     if seq > m.max_seq_len:

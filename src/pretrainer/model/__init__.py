@@ -1,8 +1,12 @@
 from .decoder import Decoder
+from .encoder import Encoder
+from .encoder_decoder import EncoderDecoder
 
-__all__ = ["Decoder", "build_model"]
+__all__ = ["Decoder", "Encoder", "EncoderDecoder", "build_model"]
+
+ARCHITECTURES = {"decoder": Decoder, "encoder": Encoder, "encoder_decoder": EncoderDecoder}
 
 
 def build_model(config):
     """The model a ModelConfig describes."""
-    return Decoder(config)
+    return ARCHITECTURES[config.arch](config)

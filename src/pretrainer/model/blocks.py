@@ -74,6 +74,13 @@ class KVCache:
         self.v = torch.empty_like(self.k)
         self.length = 0
 
+    @classmethod
+    def for_layers(cls, config: ModelConfig, n_layer: int, batch: int, like: torch.Tensor) -> list[KVCache]:
+        """One cache per layer, on the device and in the dtype of `like`."""
+        head_dim = config.head_dim or config.d_model // config.n_head
+        n_kv_head = config.n_kv_head or config.n_head
+        return [cls(batch, n_kv_head, config.max_seq_len, head_dim, like.device, like.dtype) for _ in range(n_layer)]
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[-2]
         self.k[:, :, self.length : end] = k
@@ -82,31 +89,84 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, causal: bool):
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int):
+    """T5's bucketing of key-minus-query offsets: exact buckets for small offsets, logarithmic ones up to
+    max_distance, one bucket beyond; an encoder gives half the buckets to each direction."""
+    bucket = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        bucket += (relative > 0).long() * buckets
+        relative = relative.abs()
+    else:
+        relative = -relative.clamp(max=0)
+    exact = buckets // 2
+    log_bucket = (
+        exact
+        + (torch.log(relative.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (buckets - exact)).long()
+    )
+    log_bucket = log_bucket.clamp(max=buckets - 1)
+    return bucket + torch.where(relative < exact, relative, log_bucket)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned per-head bias on attention scores, a function of the bucketed offset key - query.
+    One instance per stack: computed once and added in every layer."""
+
+    def __init__(self, config: ModelConfig, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.embedding = nn.Embedding(config.relative_buckets, config.n_head)
+
+    def forward(self, q_len: int, kv_len: int, device=None) -> torch.Tensor:
+        """Bias (1, heads, q_len, kv_len) for the last q_len of kv_len positions."""
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+        relative = torch.arange(kv_len, device=device)[None, :] - q_pos[:, None]
+        buckets = relative_position_bucket(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+class Attention(nn.Module):
+    """Multi-head attention, the only one in the library. Self-attention projects queries, keys and values
+    from x; cross-attention (cross=True) takes keys and values from `memory`, the encoder's output."""
+
+    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head or config.n_head
-        self.head_dim = config.d_model // config.n_head
+        self.head_dim = config.head_dim or config.d_model // config.n_head
         self.causal = causal
+        self.cross = cross
+        self.scale = None if config.scale_attention else 1.0
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, config.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, config.bias)
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if cross:
+            self.q = nn.Linear(config.d_model, q_size, config.bias)
+            self.kv = nn.Linear(config.d_model, 2 * kv_size, config.bias)
+        else:
+            self.qkv = nn.Linear(config.d_model, q_size + 2 * kv_size, config.bias)
+        self.proj = nn.Linear(q_size, config.d_model, config.bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], n, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
         x: torch.Tensor,
+        memory: torch.Tensor | None = None,
         rotary: Rotary | None = None,
         cache: KVCache | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], -1
-        )
-        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(memory).split([kv_size, kv_size], -1)
+        else:
+            q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], -1)
+        q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
         start = cache.length if cache is not None else 0
         if rotary is not None:
             q, k = rotary(q, start), rotary(k, start)
@@ -115,23 +175,34 @@ class SelfAttention(nn.Module):
         if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves a group of q heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        kv_len = k.shape[-2]
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu" and q.dtype == torch.bfloat16:
             # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
             # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q.float(), k.float(), v.float(), t, kv_len, key_padding_mask, dropout)
+                q, k, v = q.float(), k.float(), v.float()
+                bias = position_bias.float() if position_bias is not None else None
+                y = self._attend(q, k, v, key_padding_mask, bias, dropout)
         else:
-            y = self._attend(q, k, v, t, kv_len, key_padding_mask, dropout)
-        return self.proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+            y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
+        return self.proj(y.transpose(1, 2).reshape(b, t, q_size))
 
-    def _attend(self, q, k, v, t, kv_len, key_padding_mask, dropout):
-        if self.causal and key_padding_mask is None and t == kv_len:
+    def _attend(self, q, k, v, key_padding_mask, position_bias, dropout):
+        t, kv_len = q.shape[-2], k.shape[-2]
+        if self.causal and key_padding_mask is None and position_bias is None and t == kv_len:
             # the same rule as attention_mask, on SDPA's fused causal path
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale)
         mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if position_bias is not None:  # T5: the bias is the mask, with -inf where a key may not be seen
+            mask = position_bias if mask is None else position_bias.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    """gelu | gelu_tanh (GPT-2's and T5 v1.1's approximation) | relu | silu."""
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    return getattr(F, name)(x)
 
 
 class MLP(nn.Module):
@@ -145,33 +216,42 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.d_model, (2 if self.gated else 1) * d_ff, config.bias)
         self.proj = nn.Linear(d_ff, config.d_model, config.bias)
 
-    def act(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation == "gelu_tanh":
-            return F.gelu(x, approximate="tanh")
-        return getattr(F, self.activation)(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return self.proj(self.act(gate) * up)
-        return self.proj(self.act(h))
+            return self.proj(activate(gate, self.activation) * up)
+        return self.proj(activate(h, self.activation))
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """One transformer layer: self-attention, cross-attention (encoder-decoder's decoder only), MLP, each a
+    residual sublayer with its norm before (pre-LN: x + f(norm(x))) or after (post-LN: norm(x + f(x)))."""
 
-    def __init__(self, config: ModelConfig, causal: bool):
+    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False):
         super().__init__()
+        self.post_norm = config.norm_position == "post"
         self.norm1 = norm(config)
-        self.attn = SelfAttention(config, causal=causal)
+        self.attn = Attention(config, causal=causal)
+        if cross:
+            self.norm_cross = norm(config)
+            self.cross_attn = Attention(config, causal=False, cross=True)
         self.norm2 = norm(config)
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotary=None, cache=None, key_padding_mask=None):
-        x = x + self.drop(self.attn(self.norm1(x), rotary, cache, key_padding_mask))
-        return x + self.drop(self.mlp(self.norm2(x)))
+    def _residual(self, x, norm_layer, f):
+        if self.post_norm:
+            return norm_layer(x + self.drop(f(x)))
+        return x + self.drop(f(norm_layer(x)))
+
+    def forward(
+        self, x, rotary=None, cache=None, key_padding_mask=None, position_bias=None, memory=None, memory_mask=None
+    ):
+        x = self._residual(x, self.norm1, lambda h: self.attn(h, None, rotary, cache, key_padding_mask, position_bias))
+        if memory is not None:
+            x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, memory, key_padding_mask=memory_mask))
+        return self._residual(x, self.norm2, self.mlp)
 
 
 def init_weights(model: nn.Module, config: ModelConfig) -> None:
@@ -194,7 +274,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     numbers as cross_entropy(linear(h, w), t)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
+    def forward(ctx, hidden, weight, bias, targets, compute_dtype, chunk):
         n_valid = (targets != -100).sum().clamp(min=1)
         h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
         grad_logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=compute_dtype, device=hidden.device)
@@ -204,6 +284,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = t != -100
             t = t.clamp(min=0)
             logits = (h_all[start : start + chunk] @ w.t()).float()
+            if bias is not None:
+                logits += bias
             lse = logits.logsumexp(dim=-1)
             total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * valid).sum()
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
@@ -212,27 +294,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits[start : start + chunk] = grad
         grad_hidden = (grad_logits @ w).to(hidden.dtype)
         grad_weight = (grad_logits.t() @ h_all).to(weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        grad_bias = grad_logits.float().sum(0).to(bias.dtype) if bias is not None else None
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        grad_bias = grad_bias * grad_output if grad_bias is not None else None
+        return grad_hidden * grad_output, grad_weight * grad_output, grad_bias, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """cross_entropy(hidden @ weight.T, targets) (targets of -100 ignored) for hidden (N, d), weight (V, d),
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T + bias, targets) (targets of -100 ignored), hidden (N, d), weight (V, d),
     without storing the fp32 N x V logits. Under autocast the matmuls run in the autocast dtype."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     chunk = max(16, (1 << 20) // weight.shape[0])  # ~4 MB of fp32 logits per chunk
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, chunk)
+            return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         w = weight.to(dtype)
         for start in range(0, hidden.shape[0], chunk):
             logits = (hidden[start : start + chunk].to(dtype) @ w.t()).float()
+            if bias is not None:
+                logits += bias
             total += F.cross_entropy(logits, targets[start : start + chunk], ignore_index=-100, reduction="sum")
         return total / (targets != -100).sum().clamp(min=1)

@@ -21,7 +21,7 @@ class Decoder(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
-        head_dim = config.d_model // config.n_head
+        head_dim = config.head_dim or config.d_model // config.n_head
         self.rotary = Rotary(head_dim, config.max_seq_len, config.rope_theta) if config.positions == "rope" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
@@ -58,20 +58,8 @@ class Decoder(nn.Module):
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(x), None
 
-    def new_cache(self, batch: int, device=None, dtype=None) -> list[KVCache]:
-        c = self.config
-        p = self.tok_emb.weight
-        return [
-            KVCache(
-                batch,
-                c.n_kv_head or c.n_head,
-                c.max_seq_len,
-                c.d_model // c.n_head,
-                device or p.device,
-                dtype or p.dtype,
-            )
-            for _ in range(c.n_layer)
-        ]
+    def new_cache(self, batch: int) -> list[KVCache]:
+        return KVCache.for_layers(self.config, self.config.n_layer, batch, self.tok_emb.weight)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

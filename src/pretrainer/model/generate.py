@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+END_OF_TEXT = ("<|endoftext|>", "</s>")  # GPT-style and T5-style end-of-text tokens
+
 
 def next_token(
     logits: torch.Tensor,
@@ -44,42 +46,55 @@ def generate(
     use_cache: bool = True,
     stop_ids: Sequence[int] = (),
     should_stop: Callable[[torch.Tensor], bool] | None = None,
+    padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Append up to `max_new_tokens` tokens to `idx` (batch, time) and return the whole sequence.
+    """Generate up to `max_new_tokens` tokens with a KV cache (or without, `use_cache=False`).
 
-    Generation stops early once every row has produced one of `stop_ids`, or when `should_stop`
-    (given the tokens so far) says so. When the sequence outgrows the model's positions, the context
-    is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
+    Decoder-only: continue `idx` (batch, time) and return prompt + continuation. Encoder-decoder: encode
+    `idx` (with `padding_mask`, True for real tokens) once and return the decoder's tokens, starting with
+    `model.config.decoder_start_id`. Stops early once every row has produced one of `stop_ids`, or when
+    `should_stop` (given the tokens so far) says so. When the sequence outgrows the model's positions, the
+    context is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
     """
     was_training = model.training
     model.eval()
     max_len = model.config.max_seq_len
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    if model.config.arch == "encoder_decoder":
+        memory = model.encode(idx, padding_mask)
+        out = torch.full((idx.shape[0], 1), model.config.decoder_start_id, dtype=idx.dtype, device=idx.device)
+
+        def logits_for(tokens, cache):
+            return model(None, tokens, memory=memory, padding_mask=padding_mask, cache=cache)[0]
+    else:
+        out = idx
+
+        def logits_for(tokens, cache):
+            return model(tokens, cache=cache)[0]
+
+    generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
     cache = None
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    stop = torch.tensor(list(stop_ids), dtype=idx.dtype, device=idx.device)
+    finished = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+    stop = torch.tensor(list(stop_ids), dtype=out.dtype, device=out.device)
     for _ in range(max_new_tokens):
-        if use_cache and idx.shape[1] < max_len:
+        if use_cache and out.shape[1] < max_len:
             if cache is None:
-                cache = model.new_cache(idx.shape[0])
-                logits, _ = model(idx, cache=cache)
+                cache = model.new_cache(out.shape[0])
+                logits = logits_for(out, cache)
             else:
-                logits, _ = model(idx[:, -1:], cache=cache)
+                logits = logits_for(out[:, -1:], cache)
         else:
             cache = None  # the window slides from here on: recompute over the last max_len tokens
-            logits, _ = model(idx[:, -max_len:])
+            logits = logits_for(out[:, -max_len:], None)
         token = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        idx = torch.cat([idx, token], dim=1)
+        out = torch.cat([out, token], dim=1)
         if len(stop):
             finished |= torch.isin(token[:, 0], stop)
             if bool(finished.all()):
                 break
-        if should_stop is not None and should_stop(idx):
+        if should_stop is not None and should_stop(out):
             break
     model.train(was_training)
-    return idx
+    return out
 
 
 def generate_text(
@@ -90,30 +105,24 @@ def generate_text(
     stop: Sequence[str] = (),
     **sampling,
 ) -> str:
-    """Text in, text out: the continuation of `prompt`, cut before the first stop string."""
+    """Text in, text out: the continuation of `prompt` (decoder-only) or the output for input `prompt`
+    (encoder-decoder), cut before the first stop string or end-of-text token."""
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt).ids
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    n_prompt = len(ids)
+    skip = 1 if model.config.arch == "encoder_decoder" else len(ids)  # the start token, or the prompt
 
     def continuation(tokens: torch.Tensor) -> str:
-        return tokenizer.decode(tokens[0, n_prompt:].tolist())
+        return tokenizer.decode(tokens[0, skip:].tolist())
 
     def hit_stop(tokens: torch.Tensor) -> bool:
         text = continuation(tokens)
         return any(s in text for s in stop)
 
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    out = generate(
-        model,
-        idx,
-        max_new_tokens,
-        stop_ids=[eos] if eos is not None else [],
-        should_stop=hit_stop if stop else None,
-        **sampling,
-    )
+    eos = [i for i in map(tokenizer.token_to_id, END_OF_TEXT) if i is not None]
+    out = generate(model, idx, max_new_tokens, stop_ids=eos, should_stop=hit_stop if stop else None, **sampling)
     text = continuation(out)
     for s in stop:
         text = text.split(s, 1)[0]

@@ -1,16 +1,46 @@
-"""State-dict adapters between Hugging Face `transformers` checkpoints and this library's models.
+"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT and T5.
 
-Each family is a config translation plus a key map; `transformers` itself is never imported here, so
-the training path does not depend on it.
+Each family is a config translation plus one key table, read left to right to import and right to left to
+export. `transformers` itself is imported only to read GGUF files; the training path never needs it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..config import ModelConfig
 
-FAMILIES = ("gpt2", "llama")
+FAMILIES = ("gpt2", "llama", "bert", "t5")
+ARCHITECTURES = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "bert": "BertForMaskedLM",
+    "t5": "T5ForConditionalGeneration",
+}
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message says why."""
+
+
+def _unsupported(kind) -> ConversionError:
+    return ConversionError(
+        f"unsupported architecture '{kind}' in config.json; pretrainer converts {', '.join(FAMILIES)}"
+    )
+
+
+def _rope_theta(hf: dict) -> float:
+    # transformers 5 moved rope_theta into rope_parameters
+    return float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -18,6 +48,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     kind = hf.get("model_type")
     if kind == "gpt2":
         return ModelConfig(
+            arch="decoder",
             vocab_size=hf["vocab_size"],
             n_layer=hf["n_layer"],
             n_head=hf["n_head"],
@@ -27,17 +58,18 @@ def config_from_hf(hf: dict) -> ModelConfig:
             positions="learned",
             norm="layernorm",
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            activation="gelu_tanh",
-            gated_mlp=False,
+            activation=_HF_ACT[hf.get("activation_function", "gelu_new")],
             bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", True),
         )
     if kind == "llama":
         return ModelConfig(
+            arch="decoder",
             vocab_size=hf["vocab_size"],
             n_layer=hf["num_hidden_layers"],
             n_head=hf["num_attention_heads"],
             n_kv_head=hf.get("num_key_value_heads"),
+            head_dim=hf.get("head_dim"),
             d_model=hf["hidden_size"],
             d_ff=hf["intermediate_size"],
             max_seq_len=hf["max_position_embeddings"],
@@ -45,52 +77,423 @@ def config_from_hf(hf: dict) -> ModelConfig:
             rope_theta=_rope_theta(hf),
             norm="rmsnorm",
             norm_eps=hf.get("rms_norm_eps", 1e-6),
-            activation="silu",
+            activation=_HF_ACT[hf.get("hidden_act", "silu")],
             gated_mlp=True,
             bias=False,
             tie_embeddings=hf.get("tie_word_embeddings", False),
         )
-    raise ValueError(f"unsupported architecture '{kind}' in config.json; pretrainer converts {', '.join(FAMILIES)}")
+    if kind == "bert":
+        return ModelConfig(
+            arch="encoder",
+            vocab_size=hf["vocab_size"],
+            n_layer=hf["num_hidden_layers"],
+            n_head=hf["num_attention_heads"],
+            d_model=hf["hidden_size"],
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            positions="learned",
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            norm_position="post",
+            activation=_HF_ACT[hf["hidden_act"]],
+            bias=True,
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+        )
+    if kind == "t5":
+        gated = hf.get("feed_forward_proj", "relu").startswith("gated-")
+        act = hf.get("feed_forward_proj", "relu").removeprefix("gated-")
+        return ModelConfig(
+            arch="encoder_decoder",
+            vocab_size=hf["vocab_size"],
+            n_layer=hf["num_layers"],
+            n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"],
+            n_head=hf["num_heads"],
+            head_dim=hf["d_kv"],
+            d_model=hf["d_model"],
+            d_ff=hf["d_ff"],
+            max_seq_len=hf.get("n_positions") or 512,
+            positions="relative",
+            relative_buckets=hf.get("relative_attention_num_buckets", 32),
+            relative_max_distance=hf.get("relative_attention_max_distance", 128),
+            norm="rmsnorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+            activation=_HF_ACT["gelu_new" if act == "gelu" else act],
+            gated_mlp=gated,
+            bias=False,
+            scale_attention=False,
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
+            head_scale=hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)),
+            decoder_start_id=hf.get("decoder_start_token_id") or 0,
+        )
+    raise _unsupported(kind)
 
 
-def _rope_theta(hf: dict) -> float:
-    # transformers 5 moved rope_theta into rope_parameters
-    return float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+def family_of(config: ModelConfig) -> str:
+    """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
+    c = config
+
+    def need(ok: bool, family: str, what: str):
+        if not ok:
+            raise ConversionError(f"this {c.arch} model cannot be exported as {family}: it needs {what}")
+
+    if c.arch == "decoder" and c.positions == "learned":
+        need(c.norm == "layernorm" and c.norm_position == "pre" and c.bias, "gpt2", "pre-LayerNorm with biases")
+        need(not c.gated_mlp and c.activation in ("gelu", "gelu_tanh", "relu"), "gpt2", "a plain GELU/ReLU MLP")
+        need(
+            (c.n_kv_head or c.n_head) == c.n_head and (c.head_dim or c.d_model // c.n_head) * c.n_head == c.d_model,
+            "gpt2",
+            "n_kv_head == n_head and head_dim == d_model / n_head",
+        )
+        return "gpt2"
+    if c.arch == "decoder" and c.positions == "rope":
+        need(c.norm == "rmsnorm" and not c.bias and c.gated_mlp, "llama", "RMSNorm, no biases and a gated MLP")
+        return "llama"
+    if c.arch == "encoder":
+        need(c.norm_position == "post" and c.norm == "layernorm" and c.bias, "bert", "post-LayerNorm with biases")
+        need(not c.gated_mlp, "bert", "a plain MLP")
+        return "bert"
+    if c.arch == "encoder_decoder":
+        need(
+            c.positions == "relative" and c.norm == "rmsnorm" and not c.bias and not c.scale_attention,
+            "t5",
+            "relative positions, RMSNorm, no biases and unscaled attention",
+        )
+        need(c.tie_embeddings, "t5", "a head tied to the embeddings (transformers 5 always ties T5's)")
+        return "t5"
+    raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
 
 
-def state_dict_from_hf(kind: str, hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict from a `transformers` one of family `kind`."""
-    out: dict[str, torch.Tensor] = {}
-    if kind == "gpt2":
-        sd = {k.removeprefix("transformer."): v for k, v in hf.items()}
-        out["tok_emb.weight"] = sd["wte.weight"]
-        out["pos_emb.weight"] = sd["wpe.weight"]
-        out["norm_f.weight"], out["norm_f.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
-        # GPT-2 stores its linear layers as Conv1D: weight is (in, out), the transpose of nn.Linear's
-        conv = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-        for i in range(config.n_layer):
+def config_to_hf(config: ModelConfig) -> dict:
+    """A `transformers` config.json (as a dict) for our ModelConfig."""
+    c = config
+    family = family_of(c)
+    d_ff = c.d_ff or 4 * c.d_model
+    act = {v: k for k, v in _HF_ACT.items() if k != "gelu_pytorch_tanh"}[c.activation]
+    common = {
+        "model_type": family,
+        "architectures": [ARCHITECTURES[family]],
+        "vocab_size": c.vocab_size,
+        "tie_word_embeddings": c.tie_embeddings,
+    }
+    if family == "gpt2":
+        return common | {
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_embd": c.d_model,
+            "n_inner": d_ff,
+            "n_positions": c.max_seq_len,
+            "layer_norm_epsilon": c.norm_eps,
+            "activation_function": act,
+            "resid_pdrop": c.dropout,
+            "embd_pdrop": c.dropout,
+            "attn_pdrop": c.dropout,
+        }
+    if family == "llama":
+        return common | {
+            "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head,
+            "num_key_value_heads": c.n_kv_head or c.n_head,
+            "head_dim": c.head_dim or c.d_model // c.n_head,
+            "hidden_size": c.d_model,
+            "intermediate_size": d_ff,
+            "max_position_embeddings": c.max_seq_len,
+            "rope_theta": c.rope_theta,
+            "rms_norm_eps": c.norm_eps,
+            "hidden_act": act,
+        }
+    if family == "bert":
+        return common | {
+            "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head,
+            "hidden_size": c.d_model,
+            "intermediate_size": d_ff,
+            "max_position_embeddings": c.max_seq_len,
+            "layer_norm_eps": c.norm_eps,
+            "hidden_act": act,
+            "type_vocab_size": max(c.type_vocab_size, 1),
+            "hidden_dropout_prob": c.dropout,
+            "attention_probs_dropout_prob": c.dropout,
+        }
+    return common | {
+        "num_layers": c.n_layer,
+        "num_decoder_layers": c.n_decoder_layer or c.n_layer,
+        "num_heads": c.n_head,
+        "d_kv": c.head_dim or c.d_model // c.n_head,
+        "d_model": c.d_model,
+        "d_ff": d_ff,
+        "relative_attention_num_buckets": c.relative_buckets,
+        "relative_attention_max_distance": c.relative_max_distance,
+        "layer_norm_epsilon": c.norm_eps,
+        "feed_forward_proj": ("gated-gelu" if c.gated_mlp else act),
+        "scale_decoder_outputs": c.head_scale,
+        "decoder_start_token_id": c.decoder_start_id,
+        "pad_token_id": c.decoder_start_id,
+        "eos_token_id": 1,
+        "dropout_rate": c.dropout,
+        "is_encoder_decoder": True,
+        "n_positions": c.max_seq_len,
+    }
+
+
+# One row per tensor of ours: (our key, their key(s) concatenated along dim 0, transpose?). GPT-2 keeps its
+# linear layers as Conv1D, whose weight is the transpose of nn.Linear's.
+Row = tuple[str, tuple[str, ...], bool]
+
+
+def _rows(family: str, c: ModelConfig) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(ours, *theirs, transpose=False):
+        rows.append((ours, theirs, transpose))
+
+    if family == "gpt2":
+        add("tok_emb.weight", "transformer.wte.weight")
+        add("pos_emb.weight", "transformer.wpe.weight")
+        for p in ("weight", "bias"):
+            add(f"norm_f.{p}", f"transformer.ln_f.{p}")
+        for i in range(c.n_layer):
+            h = f"transformer.h.{i}."
             for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
                 for p in ("weight", "bias"):
-                    out[f"blocks.{i}.{ours}.{p}"] = sd[f"h.{i}.{theirs}.{p}"]
-            for theirs, ours in conv.items():
-                out[f"blocks.{i}.{ours}.weight"] = sd[f"h.{i}.{theirs}.weight"].t()
-                out[f"blocks.{i}.{ours}.bias"] = sd[f"h.{i}.{theirs}.bias"]
-        out["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
-        return out
-    if kind == "llama":
-        sd = {k.removeprefix("model."): v for k, v in hf.items()}
-        out["tok_emb.weight"] = sd["embed_tokens.weight"]
-        out["norm_f.weight"] = sd["norm.weight"]
-        for i in range(config.n_layer):
-            p = f"layers.{i}."
-            out[f"blocks.{i}.norm1.weight"] = sd[p + "input_layernorm.weight"]
-            out[f"blocks.{i}.norm2.weight"] = sd[p + "post_attention_layernorm.weight"]
-            out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"], dim=0)
-            out[f"blocks.{i}.attn.proj.weight"] = sd[p + "self_attn.o_proj.weight"]
-            out[f"blocks.{i}.mlp.fc.weight"] = torch.cat(
-                [sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]], dim=0
+                    add(f"blocks.{i}.{ours}.{p}", f"{h}{theirs}.{p}")
+            for ours, theirs in (
+                ("attn.qkv", "attn.c_attn"),
+                ("attn.proj", "attn.c_proj"),
+                ("mlp.fc", "mlp.c_fc"),
+                ("mlp.proj", "mlp.c_proj"),
+            ):
+                add(f"blocks.{i}.{ours}.weight", f"{h}{theirs}.weight", transpose=True)
+                add(f"blocks.{i}.{ours}.bias", f"{h}{theirs}.bias")
+    elif family == "llama":
+        add("tok_emb.weight", "model.embed_tokens.weight")
+        add("norm_f.weight", "model.norm.weight")
+        for i in range(c.n_layer):
+            h = f"model.layers.{i}."
+            add(f"blocks.{i}.norm1.weight", h + "input_layernorm.weight")
+            add(f"blocks.{i}.norm2.weight", h + "post_attention_layernorm.weight")
+            add(f"blocks.{i}.attn.qkv.weight", *(h + f"self_attn.{x}_proj.weight" for x in "qkv"))
+            add(f"blocks.{i}.attn.proj.weight", h + "self_attn.o_proj.weight")
+            add(f"blocks.{i}.mlp.fc.weight", h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")
+            add(f"blocks.{i}.mlp.proj.weight", h + "mlp.down_proj.weight")
+    elif family == "bert":
+        e = "bert.embeddings."
+        add("tok_emb.weight", e + "word_embeddings.weight")
+        add("pos_emb.weight", e + "position_embeddings.weight")
+        if c.type_vocab_size:
+            add("type_emb.weight", e + "token_type_embeddings.weight")
+        for p in ("weight", "bias"):
+            add(f"emb_norm.{p}", e + f"LayerNorm.{p}")
+        for i in range(c.n_layer):
+            h = f"bert.encoder.layer.{i}."
+            for p in ("weight", "bias"):
+                add(f"blocks.{i}.attn.qkv.{p}", *(h + f"attention.self.{x}.{p}" for x in ("query", "key", "value")))
+                add(f"blocks.{i}.attn.proj.{p}", h + f"attention.output.dense.{p}")
+                add(f"blocks.{i}.norm1.{p}", h + f"attention.output.LayerNorm.{p}")
+                add(f"blocks.{i}.mlp.fc.{p}", h + f"intermediate.dense.{p}")
+                add(f"blocks.{i}.mlp.proj.{p}", h + f"output.dense.{p}")
+                add(f"blocks.{i}.norm2.{p}", h + f"output.LayerNorm.{p}")
+        for p in ("weight", "bias"):
+            add(f"mlm_dense.{p}", f"cls.predictions.transform.dense.{p}")
+            add(f"mlm_norm.{p}", f"cls.predictions.transform.LayerNorm.{p}")
+            add(f"pooler.{p}", f"bert.pooler.dense.{p}")
+            if c.nsp_head:
+                add(f"nsp.{p}", f"cls.seq_relationship.{p}")
+        add("mlm_bias", "cls.predictions.bias")
+    elif family == "t5":
+        add("tok_emb.weight", "shared.weight")
+        for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer or c.n_layer)):
+            add(
+                f"{stack}.rel_bias.embedding.weight",
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
             )
-            out[f"blocks.{i}.mlp.proj.weight"] = sd[p + "mlp.down_proj.weight"]
-        out["lm_head.weight"] = hf.get("lm_head.weight", sd["embed_tokens.weight"])
-        return out
-    raise ValueError(f"unsupported architecture '{kind}'; pretrainer converts {', '.join(FAMILIES)}")
+            add(f"{stack}.norm_f.weight", f"{stack}.final_layer_norm.weight")
+            for i in range(n_layer):
+                ours, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
+                ff = 2 if stack == "decoder" else 1
+                add(ours + "norm1.weight", h + "0.layer_norm.weight")
+                add(ours + "attn.qkv.weight", *(h + f"0.SelfAttention.{x}.weight" for x in "qkv"))
+                add(ours + "attn.proj.weight", h + "0.SelfAttention.o.weight")
+                if stack == "decoder":
+                    add(ours + "norm_cross.weight", h + "1.layer_norm.weight")
+                    add(ours + "cross_attn.q.weight", h + "1.EncDecAttention.q.weight")
+                    add(
+                        ours + "cross_attn.kv.weight",
+                        h + "1.EncDecAttention.k.weight",
+                        h + "1.EncDecAttention.v.weight",
+                    )
+                    add(ours + "cross_attn.proj.weight", h + "1.EncDecAttention.o.weight")
+                add(ours + "norm2.weight", h + f"{ff}.layer_norm.weight")
+                wi = ("wi_0", "wi_1") if c.gated_mlp else ("wi",)
+                add(ours + "mlp.fc.weight", *(h + f"{ff}.DenseReluDense.{w}.weight" for w in wi))
+                add(ours + "mlp.proj.weight", h + f"{ff}.DenseReluDense.wo.weight")
+    else:
+        raise _unsupported(family)
+    if not c.tie_embeddings and family != "bert":
+        add("lm_head.weight", "lm_head.weight")
+    return rows
+
+
+# Tensors a real checkpoint may lack: ours keep their fresh init and the import says so.
+_MLM_HEAD = "MLM head (its decoder is tied to the word embeddings, as in BERT)"
+_OPTIONAL = {
+    "bert": {
+        "mlm_dense": _MLM_HEAD,
+        "mlm_norm": _MLM_HEAD,
+        "mlm_bias": _MLM_HEAD,
+        "pooler": "pooler",
+        "nsp": "NSP head",
+    }
+}
+
+
+def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelConfig) -> tuple[dict, list[str]]:
+    """(our state dict, notes on what the checkpoint lacked) from a `transformers` state dict."""
+    if family == "bert" and not any(k.startswith("bert.") for k in hf):
+        hf = {"bert." + k: v for k, v in hf.items()}  # a bare BertModel (no heads), as sentence encoders ship
+    out, missing = {}, []
+    for ours, theirs, transpose in _rows(family, config):
+        if not all(t in hf for t in theirs):
+            optional = _OPTIONAL.get(family, {}).get(ours.split(".")[0])
+            if optional is None:
+                raise ConversionError(f"the checkpoint lacks '{theirs[0]}', which a {family} model needs")
+            missing.append(optional)
+            continue
+        tensor = torch.cat([hf[t] for t in theirs], dim=0) if len(theirs) > 1 else hf[theirs[0]]
+        out[ours] = tensor.t() if transpose else tensor
+    notes = [f"the checkpoint has no {part}: initialised one fresh" for part in dict.fromkeys(missing)]
+    return out, notes
+
+
+def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, theirs, transpose in _rows(family, config):
+        tensor = ours[key].t() if transpose else ours[key]
+        sizes = None
+        if len(theirs) > 1:
+            q = config.n_head * (config.head_dim or config.d_model // config.n_head)
+            kv = (config.n_kv_head or config.n_head) * (config.head_dim or config.d_model // config.n_head)
+            sizes = {3: [q, kv, kv]}.get(len(theirs), [tensor.shape[0] // 2] * 2)
+        for name, part in zip(theirs, tensor.split(sizes) if sizes else (tensor,), strict=True):
+            out[name] = part.contiguous().clone()
+    return out
+
+
+def _check_vocab(config: ModelConfig, tokenizer) -> None:
+    if tokenizer is not None and tokenizer.get_vocab_size() > config.vocab_size:
+        raise ConversionError(
+            f"mismatched vocab sizes: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
+            f"embeddings only {config.vocab_size}; use the tokenizer the model was trained with"
+        )
+
+
+def _tokenizer_config(family: str, tokenizer) -> dict:
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    pick = {
+        "gpt2": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+        "llama": {"eos_token": "<|endoftext|>"},
+        "bert": {
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+        },
+        "t5": {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    }[family]
+    return {"tokenizer_class": "PreTrainedTokenizerFast"} | {k: v for k, v in pick.items() if v in special}
+
+
+def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Write a `transformers` directory (config.json, model.safetensors, tokenizer files) for our model.
+    The directory appears complete or not at all; an existing one is never overwritten."""
+    out = Path(out_dir)
+    if out.exists():
+        raise ConversionError(f"'{out}' already exists; remove it or choose another output directory")
+    config = model.config
+    family = family_of(config)
+    _check_vocab(config, tokenizer)
+    tensors = state_dict_to_hf(family, model.state_dict(), config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+            (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(family, tokenizer), indent=1))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
+        raise ConversionError(
+            f"no .safetensors weights in '{folder}' (found {found}); pickled .bin weights are not loaded, "
+            "as they can run code: convert them to safetensors first"
+        )
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            tensors.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118 (safe_open has no iterator)
+    return tensors
+
+
+def _read_gguf(path: Path) -> tuple[dict, dict, object]:
+    """(config dict, state dict, tokenizer) of a GGUF file, dequantised by `transformers`' reader."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConversionError("reading GGUF needs `transformers` and `gguf`: pip install transformers gguf") from None
+    try:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        hf_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as e:
+        raise ConversionError(f"reading GGUF needs the `gguf` package ({e}); pip install gguf") from None
+    return hf_model.config.to_dict(), hf_model.state_dict(), hf_tok.backend_tokenizer
+
+
+def import_hf(path: str | Path):
+    """(model, tokenizer or None, notes) from a `transformers` directory or a GGUF file."""
+    from tokenizers import Tokenizer
+
+    from . import build_model
+
+    p = Path(path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConversionError(f"GGUF file '{p}' not found")
+        hf_config, tensors, tokenizer = _read_gguf(p)
+    else:
+        if not (p / "config.json").is_file():
+            raise ConversionError(f"'{p}' has no config.json; give a transformers model directory or a .gguf file")
+        hf_config = json.loads((p / "config.json").read_text())
+        config_from_hf(hf_config)  # an unsupported architecture says so before any weights are read
+        tensors = _read_safetensors(p)
+        tokenizer = Tokenizer.from_file(str(p / "tokenizer.json")) if (p / "tokenizer.json").is_file() else None
+    config = config_from_hf(hf_config)
+    family = hf_config["model_type"]
+    state, notes = state_dict_from_hf(family, tensors, config)
+    embedding = state["tok_emb.weight"]
+    if embedding.shape[0] != config.vocab_size:
+        raise ConversionError(
+            f"mismatched vocab sizes: config.json says {config.vocab_size} but the embeddings have "
+            f"{embedding.shape[0]} rows"
+        )
+    _check_vocab(config, tokenizer)
+    model = build_model(config)
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    unexpected_missing = [k for k in result.missing_keys if not _is_optional(family, k, config)]
+    if unexpected_missing or result.unexpected_keys:
+        raise ConversionError(f"weights do not fit: missing {unexpected_missing}, unexpected {result.unexpected_keys}")
+    return model.eval(), tokenizer, notes
+
+
+def _is_optional(family: str, key: str, config: ModelConfig) -> bool:
+    tied = {"lm_head.weight", "mlm_decoder.weight"} if config.tie_embeddings else set()
+    return key in tied or key.split(".")[0] in _OPTIONAL.get(family, {})

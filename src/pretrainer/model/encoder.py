@@ -1,0 +1,84 @@
+"""Encoder-only model (BERT): every token sees every token; trained by masked-language modelling.
+
+BERT and RoBERTa are configs of this class: post-LN (original BERT) or pre-LN, learned positions,
+segment embeddings, an MLM head tied to the word embeddings, a pooler on <cls> and an optional NSP head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .blocks import Block, activate, init_weights, linear_cross_entropy, norm
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
+        self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
+        self.emb_norm = norm(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
+        # pre-LN leaves the residual stream un-normalised; post-LN's last block already ends in a norm
+        self.norm_f = norm(config) if config.norm_position == "pre" else nn.Identity()
+        # MLM head: transform (dense, activation, norm), then the word embeddings transposed plus a bias
+        self.mlm_dense = nn.Linear(config.d_model, config.d_model)
+        self.mlm_norm = norm(config)
+        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.mlm_decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.pooler = nn.Linear(config.d_model, config.d_model)
+        self.nsp = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.mlm_decoder.weight = self.tok_emb.weight
+
+    def encode(self, input_ids, token_type_ids=None, padding_mask=None) -> torch.Tensor:
+        """Hidden states (batch, time, d_model). `padding_mask` (batch, time) is True for real tokens."""
+        t = input_ids.shape[1]
+        if t > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {t} tokens is longer than the model's positions "
+                f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
+            )
+        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(t, device=input_ids.device))
+        if self.type_emb is not None:
+            x = x + self.type_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+        x = self.drop(self.emb_norm(x))
+        for block in self.blocks:
+            x = block(x, key_padding_mask=padding_mask)
+        return self.norm_f(x)
+
+    def mlm_transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlm_norm(activate(self.mlm_dense(hidden), self.config.activation))
+
+    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """BERT's sentence vector: tanh(dense(hidden at <cls>, position 0))."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None):
+        """(MLM logits, None), or with `targets` (-100 where not masked): (None, MLM loss), where the head
+        runs on the masked positions only; with `nsp_labels` too, the NSP loss is added."""
+        hidden = self.encode(input_ids, token_type_ids, padding_mask)
+        if targets is None:
+            return self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias, None
+        chosen = targets != -100
+        h = self.mlm_transform(hidden[chosen])
+        loss = linear_cross_entropy(h, self.mlm_decoder.weight, targets[chosen], bias=self.mlm_bias)
+        if nsp_labels is not None:
+            if self.nsp is None:
+                raise ValueError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
+            loss = loss + F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
+        return None, loss
+
+    @torch.no_grad()
+    def mlm_predictions(self, input_ids, targets, token_type_ids=None, padding_mask=None) -> torch.Tensor:
+        """The most likely token at each masked position (those where targets != -100), in order."""
+        hidden = self.encode(input_ids, token_type_ids, padding_mask)[targets != -100]
+        return (self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias).argmax(-1)

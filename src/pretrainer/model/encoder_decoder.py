@@ -1,0 +1,98 @@
+"""Encoder-decoder model (T5): an encoder whose tokens see each other, and a decoder whose tokens see
+their past and, through cross-attention, every encoder token. Trained by span corruption.
+
+T5 v1.0 and v1.1 are configs: RMSNorm without bias, relative position bias (bucketed, bidirectional in
+the encoder, causal in the decoder, computed once per stack), no 1/sqrt(d) in attention, ReLU (v1.0) or
+gated-GELU (v1.1) feed-forward, a head tied to the embeddings with a d_model^-0.5 rescale (v1.0) or without
+it (v1.1 as `transformers` 5 builds it; the original v1.1 head is untied).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .blocks import Block, KVCache, RelativePositionBias, init_weights, linear_cross_entropy, norm
+
+
+class Stack(nn.Module):
+    """The encoder (causal=False) or the decoder (causal=True, with cross-attention) of an EncoderDecoder."""
+
+    def __init__(self, config: ModelConfig, n_layer: int, causal: bool):
+        super().__init__()
+        self.rel_bias = RelativePositionBias(config, bidirectional=not causal)
+        self.blocks = nn.ModuleList(Block(config, causal=causal, cross=causal) for _ in range(n_layer))
+        self.norm_f = norm(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, padding_mask=None, memory=None, memory_mask=None, cache=None):
+        start = cache[0].length if cache else 0
+        bias = self.rel_bias(x.shape[1], start + x.shape[1], device=x.device)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x,
+                cache=cache[i] if cache else None,
+                key_padding_mask=padding_mask,
+                position_bias=bias,
+                memory=memory,
+                memory_mask=memory_mask,
+            )
+        return self.drop(self.norm_f(x))
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # shared by encoder and decoder
+        self.encoder = Stack(config, config.n_layer, causal=False)
+        self.decoder = Stack(config, config.n_decoder_layer or config.n_layer, causal=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def encode(self, input_ids, padding_mask=None) -> torch.Tensor:
+        return self.encoder(self.tok_emb(input_ids), padding_mask=padding_mask)
+
+    def decode(self, decoder_input_ids, memory, memory_mask=None, decoder_padding_mask=None, cache=None):
+        hidden = self.decoder(
+            self.tok_emb(decoder_input_ids),
+            padding_mask=decoder_padding_mask,
+            memory=memory,
+            memory_mask=memory_mask,
+            cache=cache,
+        )
+        if self.config.head_scale:  # T5 v1.0's tied head sees d_model^-0.5-scaled states (Mesh TensorFlow)
+            hidden = hidden * self.config.d_model**-0.5
+        return hidden
+
+    def forward(
+        self,
+        input_ids,
+        decoder_input_ids,
+        targets=None,
+        padding_mask=None,
+        decoder_padding_mask=None,
+        cache=None,
+        memory=None,
+    ):
+        """(logits, None) over the decoder positions, or with `targets`: (None, mean cross-entropy), targets
+        of -100 ignored. `padding_mask` (batch, input time) is True for real input tokens; pass `memory`
+        (the encoder output) to skip re-encoding while decoding step by step."""
+        if memory is None:
+            memory = self.encode(input_ids, padding_mask)
+        hidden = self.decode(decoder_input_ids, memory, padding_mask, decoder_padding_mask, cache)
+        if targets is not None:
+            return None, linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return self.lm_head(hidden), None
+
+    def new_cache(self, batch: int) -> list[KVCache]:
+        """Self-attention caches for the decoder's layers (cross-attention keys come from `memory`)."""
+        return KVCache.for_layers(
+            self.config, self.config.n_decoder_layer or self.config.n_layer, batch, self.tok_emb.weight
+        )

@@ -1,0 +1,173 @@
+"""Hugging Face `transformers` checkpoints: logits parity with random weights, and round trips both ways."""
+
+import json
+
+import pytest
+import torch
+
+from pretrainer.config import ModelConfig
+from pretrainer.model import build_model
+from pretrainer.model.hf import ConversionError, config_from_hf, export_hf, import_hf, state_dict_from_hf
+
+transformers = pytest.importorskip("transformers")
+
+V = 101
+
+
+def hf_configs():
+    common = dict(vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return {
+        "gpt2": transformers.GPT2Config(
+            n_positions=48, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+            initializer_range=0.2, **common,
+        ),
+        "llama": transformers.LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=48, rope_theta=500.0, initializer_range=0.2, **common,
+        ),
+        "bert": transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0, initializer_range=0.2,
+            **common,
+        ),
+        "t5-v1.0": transformers.T5Config(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4, dropout_rate=0,
+            feed_forward_proj="relu", relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            decoder_start_token_id=0, **common,
+        ),
+        "t5-v1.1": transformers.T5Config(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0, feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            decoder_start_token_id=0, **common,
+        ),
+    }  # fmt: skip
+
+
+HF_CLASSES = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "bert": "BertForMaskedLM",
+    "t5-v1.0": "T5ForConditionalGeneration",
+    "t5-v1.1": "T5ForConditionalGeneration",
+}
+
+
+def inputs(name, seed=0):
+    """Token ids with padding in the second row (where the model takes a padding mask)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, V, (2, 24), generator=g)
+    pad = torch.ones(2, 24, dtype=torch.bool)
+    if name.startswith(("bert", "t5")):
+        pad[1, 17:] = False
+    dec = torch.randint(3, V, (2, 9), generator=g)
+    dec[:, 0] = 0
+    return x, pad, dec
+
+
+def hf_logits(hf_model, name):
+    x, pad, dec = inputs(name)
+    with torch.no_grad():
+        if name.startswith("t5"):
+            return hf_model(input_ids=x, attention_mask=pad.long(), decoder_input_ids=dec).logits, pad
+        if name == "bert":
+            return hf_model(input_ids=x, attention_mask=pad.long()).logits, pad
+        return hf_model(input_ids=x).logits, pad
+
+
+def our_logits(model, name):
+    x, pad, dec = inputs(name)
+    with torch.no_grad():
+        if name.startswith("t5"):
+            return model(x, dec, padding_mask=pad)[0]
+        if name == "bert":
+            return model(x, padding_mask=pad)[0]
+        return model(x)[0]
+
+
+def assert_same(expected, got, pad, name):
+    if name == "bert":  # logits at padding positions are meaningless
+        expected, got = expected[pad], got[pad]
+    assert expected.abs().max() > 0.1  # the logits say something
+    assert (expected - got).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(HF_CLASSES))
+def test_parity_with_transformers(name):
+    torch.manual_seed(0)
+    hf_config = hf_configs()[name]
+    theirs = getattr(transformers, HF_CLASSES[name])(hf_config).eval()
+    config = config_from_hf(hf_config.to_dict())
+    ours = build_model(config).eval()
+    family = hf_config.model_type
+    state, notes = state_dict_from_hf(family, theirs.state_dict(), config)
+    missing = ours.load_state_dict(state, strict=False).missing_keys
+    assert set(missing) <= {"lm_head.weight", "mlm_decoder.weight", "pooler.weight", "pooler.bias"}
+    expected, pad = hf_logits(theirs, name)
+    assert_same(expected, our_logits(ours, name), pad, name)
+
+
+OURS = {
+    "gpt2": ModelConfig(vocab_size=V, n_layer=2, n_head=4, d_model=32, max_seq_len=48),
+    "llama": ModelConfig(
+        vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64, max_seq_len=48, positions="rope",
+        norm="rmsnorm", norm_eps=1e-6, activation="silu", gated_mlp=True, bias=False, tie_embeddings=False,
+    ),
+    "bert": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
+        norm_position="post", activation="gelu", type_vocab_size=2,
+    ),
+    "t5-v1.0": ModelConfig(
+        arch="encoder_decoder", vocab_size=V, n_layer=2, n_decoder_layer=3, n_head=4, d_model=32, d_ff=64,
+        positions="relative", relative_buckets=8, relative_max_distance=20, norm="rmsnorm", norm_eps=1e-6,
+        activation="relu", bias=False, scale_attention=False, head_scale=True,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(OURS))
+def test_export_then_from_pretrained_and_back(name, tmp_path):
+    torch.manual_seed(1)
+    ours = build_model(OURS[name]).eval()
+    for p in ours.parameters():  # bigger than the init's 0.02 so that differences would show
+        torch.nn.init.normal_(p, std=0.3)
+    out = export_hf(ours, None, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [HF_CLASSES[name]]
+    theirs = getattr(transformers, HF_CLASSES[name]).from_pretrained(out).eval()
+    expected, pad = hf_logits(theirs, name)
+    assert_same(expected, our_logits(ours, name), pad, name)
+    back, _, notes = import_hf(out)
+    assert_same(our_logits(ours, name), our_logits(back, name), pad, name)
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    (tmp_path / "hf").mkdir()
+    with pytest.raises(ConversionError, match="already exists"):
+        export_hf(build_model(OURS["gpt2"]), None, tmp_path / "hf")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ConversionError, match="unsupported architecture 'mamba'"):
+        import_hf(tmp_path)
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(hf_configs()["gpt2"].to_dict()))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ConversionError, match="pickled .bin weights are not loaded"):
+        import_hf(tmp_path)
+
+
+def test_mismatched_vocab(tmp_path):
+    from pretrainer.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["some words to learn from " * 50], vocab_size=300)  # 300 > the model's 101
+    with pytest.raises(ConversionError, match="mismatched vocab sizes"):
+        export_hf(build_model(OURS["gpt2"]), tokenizer, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_not_every_model_fits_a_family():
+    pre_ln_bert = ModelConfig(**{**OURS["bert"].__dict__, "norm_position": "pre"})
+    with pytest.raises(ConversionError, match="cannot be exported as bert: it needs post-LayerNorm"):
+        export_hf(build_model(pre_ln_bert), None, "/nonexistent/never-written")

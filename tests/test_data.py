@@ -132,21 +132,18 @@ def test_shakespeare_one_edition_split_by_play():
 
 def test_windows_are_deterministic_and_cover_each_epoch():
     tokens = np.arange(1000, dtype=np.uint16)
-    w = TokenWindows(tokens, seq_len=10, seed=3)
-    x, y = w.batch(0, w.per_epoch)
-    assert torch_equal(y[:, :-1], x[:, 1:])
-    starts = sorted(int(r[0]) for r in x)
+    w = TokenWindows(tokens, window=11, stride=10, seed=3)  # a causal LM's: overlapping by the shifted target
+    rows = w.rows(0, w.per_epoch)
+    assert rows.shape == (w.per_epoch, 11) and (np.diff(rows, axis=1) == 1).all()
+    starts = sorted(int(r[0]) for r in rows)
     assert len(set(starts)) == w.per_epoch and all(b - a == 10 for a, b in zip(starts, starts[1:], strict=False))
+    assert starts[-1] + 11 <= len(tokens) and w.per_epoch >= 98
     # example i does not depend on what was asked before it (a resumed run sees the same data)
-    fresh = TokenWindows(tokens, seq_len=10, seed=3)
-    assert torch_equal(fresh.batch(150, 7)[0], w.batch(150, 7)[0])
-    assert not torch_equal(w.batch(0, 8)[0], w.batch(w.per_epoch, 8)[0])  # a new epoch, a new order
+    fresh = TokenWindows(tokens, window=11, stride=10, seed=3)
+    assert (fresh.rows(150, 7) == w.rows(150, 7)).all()
+    assert not (w.rows(0, 8) == w.rows(w.per_epoch, 8)).all()  # a new epoch, a new order
 
 
 def test_too_short_split_is_an_error():
-    with pytest.raises(DataError, match="too few for one window"):
-        TokenWindows(np.arange(20, dtype=np.uint16), seq_len=32, seed=0, split="val")
-
-
-def torch_equal(a, b):
-    return bool((a == b).all())
+    with pytest.raises(DataError, match="too few for examples of 33 tokens"):
+        TokenWindows(np.arange(20, dtype=np.uint16), window=33, stride=32, seed=0, split="val")

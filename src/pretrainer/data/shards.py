@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from ..config import DataConfig
 from .sources import Corpus, DataError, cache_dir, load_corpus
-from .tokenizer import eos_id, gpt2, load_tokenizer, tokenizer_hash, train_bpe
+from .tokenizer import eos_id, gpt2, load_tokenizer, tokenizer_hash, train_bpe, train_unigram, train_wordpiece
 
 MANIFEST_VERSION = 1
 
@@ -43,7 +42,10 @@ def shard_dir(cfg: DataConfig) -> Path:
     if cfg.name:
         return Path(cfg.data_dir or cache_dir() / "data") / cfg.name
     source = Path(cfg.source).name if cfg.source not in ("shakespeare",) else cfg.source
-    tok = {"bpe": f"bpe{cfg.vocab_size}", "gpt2": "gpt2"}.get(cfg.tokenizer, Path(cfg.tokenizer).stem)
+    if cfg.tokenizer in TRAINED:
+        tok = f"{cfg.tokenizer}{cfg.vocab_size}"
+    else:
+        tok = "gpt2" if cfg.tokenizer == "gpt2" else Path(cfg.tokenizer).stem
     return Path(cfg.data_dir or cache_dir() / "data") / f"{source}-{tok}".replace("*", "_")
 
 
@@ -84,9 +86,18 @@ def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> in
     return n
 
 
+TRAINED = {
+    "bpe": lambda texts, cfg: train_bpe(texts, cfg.vocab_size),
+    "wordpiece": lambda texts, cfg: train_wordpiece(texts, cfg.vocab_size),
+    "unigram": lambda texts, cfg: train_unigram(texts, cfg.vocab_size, cfg.sentinels),
+}
+
+
 def _tokenizer_spec(cfg: DataConfig) -> dict:
-    if cfg.tokenizer == "bpe":
-        return {"kind": "bpe", "vocab_size": cfg.vocab_size}
+    if cfg.tokenizer in TRAINED:
+        return {"kind": cfg.tokenizer, "vocab_size": cfg.vocab_size} | (
+            {"sentinels": cfg.sentinels} if cfg.tokenizer == "unigram" else {}
+        )
     if cfg.tokenizer == "gpt2":
         return {"kind": "gpt2"}
     return {"kind": "file", "sha256": tokenizer_hash(load_tokenizer(cfg.tokenizer))}
@@ -106,8 +117,8 @@ def prepare(cfg: DataConfig) -> Shards:
                 return Shards(out, tok, manifest, reused=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # the shards below are about to change
-    if cfg.tokenizer == "bpe":
-        tok = train_bpe((d.text for d in corpus.train), cfg.vocab_size)
+    if cfg.tokenizer in TRAINED:
+        tok = TRAINED[cfg.tokenizer]((d.text for d in corpus.train), cfg)
     elif cfg.tokenizer == "gpt2":
         tok = gpt2()
     else:
@@ -133,20 +144,21 @@ def prepare(cfg: DataConfig) -> Shards:
 
 
 class TokenWindows:
-    """Training examples: windows of seq_len+1 tokens (input, and target shifted by one).
+    """Training examples: windows of `window` tokens cut every `stride` tokens (a causal LM's windows overlap
+    by one token, the shifted target).
 
-    Each epoch cuts the token stream into non-overlapping windows at a random offset and visits them
-    in a random order, both drawn from (seed, epoch). Example i is a pure function of i, so the data
-    cursor is one integer and a resumed run sees exactly the examples the uninterrupted one would.
+    Each epoch cuts the token stream at a random offset and visits the windows in a random order, both drawn
+    from (seed, epoch). Example i is a pure function of i, so the data cursor is one integer and a resumed
+    run sees exactly the examples the uninterrupted one would.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, split: str = "train"):
-        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
-        self.per_epoch = (len(tokens) - 1 - seq_len) // seq_len
+    def __init__(self, tokens: np.ndarray, window: int, stride: int, seed: int, split: str = "train"):
+        self.tokens, self.window, self.stride, self.seed = tokens, window, stride, seed
+        self.per_epoch = (len(tokens) - window - stride + 1) // stride + 1 if len(tokens) >= window + stride else 0
         if self.per_epoch < 1:
             raise DataError(
-                f"the {split} split has {len(tokens)} tokens, too few for one window of objective.seq_len="
-                f"{seq_len}; lower objective.seq_len or add text"
+                f"the {split} split has {len(tokens)} tokens, too few for examples of {window} tokens; lower "
+                "objective.seq_len or add text"
             )
         self._epoch, self._order, self._offset = -1, None, 0
 
@@ -154,28 +166,31 @@ class TokenWindows:
         epoch, k = divmod(i, self.per_epoch)
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._offset = int(rng.integers(self.seq_len))
+            self._offset = int(rng.integers(self.stride))
             self._order = rng.permutation(self.per_epoch)
             self._epoch = epoch
-        return self._offset + int(self._order[k]) * self.seq_len
+        return self._offset + int(self._order[k]) * self.stride
 
-    def batch(self, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in map(self._start, range(first, first + size))])
-        rows = torch.from_numpy(rows.astype(np.int64))
-        return rows[:, :-1], rows[:, 1:]
+    def rows(self, first: int, size: int) -> np.ndarray:
+        """Examples first .. first+size-1 as a (size, window) array."""
+        return np.stack([self.tokens[s : s + self.window] for s in map(self._start, range(first, first + size))])
 
 
 class Prefetcher:
-    """Builds the next batches in a background thread while the model trains on the current one."""
+    """Builds the next batches in a background thread while the model trains on the current one.
+    `make(first, size)` builds the batch of examples first .. first+size-1."""
 
-    def __init__(self, windows: TokenWindows, first: int, batch_size: int, depth: int = 4):
+    def __init__(self, make, first: int, batch_size: int, depth: int = 4):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
 
         def work():
             i = first
             while not self._stop.is_set():
-                item = windows.batch(i, batch_size)
+                try:
+                    item = make(i, batch_size)
+                except Exception as e:  # handed to the consumer, which raises it
+                    item = e
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -187,8 +202,11 @@ class Prefetcher:
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._queue.get()
+    def next(self):
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     def close(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""Tokenizers (HF `tokenizers`): a byte-level BPE trained here, GPT-2's own, or any tokenizer.json."""
+"""Tokenizers (HF `tokenizers`): a byte-level BPE trained here, GPT-2's own, or any tokenizer.json; and, for the
+encoder objectives, a BERT-style WordPiece and a T5-style Unigram with span sentinels, both trained here."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .sources import DataError, fetch_package
 
 EOS = "<|endoftext|>"
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "[SEP]")
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
+UNIGRAM_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0..2, T5's
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -27,6 +30,37 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """BERT's scheme: lowercased, accents stripped, WordPiece with "##" continuations, [PAD] [UNK] [CLS] [SEP]
+    [MASK] as ids 0-4. No post-processor: the objectives put [CLS] and [SEP] where they need them."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def train_unigram(texts: Iterable[str], vocab_size: int, n_sentinels: int = 100) -> Tokenizer:
+    """T5's scheme: a Unigram model over Metaspace ("▁"-prefixed) pieces with <pad>=0, </s>=1, <unk>=2, then
+    `n_sentinels` span-corruption sentinels added last in reverse, so <extra_id_0> has the highest id as in T5.
+
+    The total is `vocab_size` when the corpus has enough distinct pieces for vocab_size - n_sentinels, else fewer.
+    """
+    if vocab_size <= n_sentinels + len(UNIGRAM_SPECIALS):
+        raise DataError(f"vocab_size={vocab_size} leaves no room for pieces beside {n_sentinels} sentinels")
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - n_sentinels, special_tokens=UNIGRAM_SPECIALS, unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(n_sentinels))])
     return tok
 
 
@@ -63,3 +97,21 @@ def eos_id(tok: Tokenizer) -> int:
 
 def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(json.loads(tok.to_str()), sort_keys=True).encode()).hexdigest()
+
+
+def sentinel_ids(tok: Tokenizer) -> list[int]:
+    """The ids of T5's span sentinels <extra_id_0>, <extra_id_1>, ... in that order."""
+    ids = []
+    while (i := tok.token_to_id(f"<extra_id_{len(ids)}>")) is not None:
+        ids.append(i)
+    if not ids:
+        raise DataError(
+            "the tokenizer has no sentinel tokens <extra_id_0>, <extra_id_1>, ... that span corruption needs; "
+            "use a T5-style Unigram tokenizer (train_unigram) or add them as special tokens"
+        )
+    return ids
+
+
+def special_ids(tok: Tokenizer) -> set[int]:
+    """The ids of the special tokens ([CLS], [PAD], <pad>, sentinels, ...): masking never picks or draws them."""
+    return {i for i, t in tok.get_added_tokens_decoder().items() if t.special}

@@ -33,23 +33,23 @@ class Decoder(nn.Module):
 
     def forward(
         self,
-        idx: torch.Tensor,
+        input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits, None): logits (batch, time, vocab) for token ids `idx`; with `cache`, `idx` continues the
+        """(logits, None): logits (batch, time, vocab) for `input_ids`; with `cache`, they continue the
         cached positions. With `targets`: (None, mean cross-entropy), targets of -100 ignored; the logits
         are then never materialised whole (see `linear_cross_entropy`)."""
         start = cache[0].length if cache else 0
-        t = idx.shape[1]
+        t = input_ids.shape[1]
         if start + t > self.config.max_seq_len:
             raise ValueError(
                 f"sequence of {start + t} tokens is longer than the model's positions "
                 f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
             )
-        x = self.tok_emb(idx)
+        x = self.tok_emb(input_ids)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
+            x = x + self.pos_emb(torch.arange(start, start + t, device=input_ids.device))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, self.rotary, cache[i] if cache else None)

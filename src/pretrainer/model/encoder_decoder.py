@@ -13,7 +13,29 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import Block, KVCache, RelativePositionBias, init_weights, linear_cross_entropy, norm
+from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, linear_cross_entropy, norm
+
+
+@torch.no_grad()
+def t5_init(model: nn.Module, config: ModelConfig) -> None:
+    """T5's initialisation (Mesh TensorFlow): each matrix N(0, fan_in^-0.5), queries by an extra head_dim^-0.5,
+    which is where the 1/sqrt(head_dim) that T5's attention leaves out went; embeddings N(0, 1)."""
+    d, head_dim = config.d_model, config.head_dim or config.d_model // config.n_head
+    q_size = config.n_head * head_dim
+    for module in model.modules():
+        if isinstance(module, Attention):
+            q = module.q.weight if module.cross else module.qkv.weight[:q_size]
+            kv = module.kv.weight if module.cross else module.qkv.weight[q_size:]
+            q.normal_(0.0, (d * head_dim) ** -0.5)
+            kv.normal_(0.0, d**-0.5)
+            module.proj.weight.normal_(0.0, q_size**-0.5)
+        elif isinstance(module, MLP):
+            module.fc.weight.normal_(0.0, d**-0.5)
+            module.proj.weight.normal_(0.0, module.proj.weight.shape[1] ** -0.5)
+        elif isinstance(module, RelativePositionBias):
+            module.embedding.weight.normal_(0.0, d**-0.5)
+    model.tok_emb.weight.normal_(0.0, 1.0)
+    model.lm_head.weight.normal_(0.0, 1.0 if config.head_scale else d**-0.5)
 
 
 class Stack(nn.Module):
@@ -52,7 +74,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = Stack(config, config.n_layer, causal=False)
         self.decoder = Stack(config, config.n_decoder_layer or config.n_layer, causal=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        init_weights(self, config)
+        t5_init(self, config)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
@@ -96,3 +118,10 @@ class EncoderDecoder(nn.Module):
         return KVCache.for_layers(
             self.config, self.config.n_decoder_layer or self.config.n_layer, batch, self.tok_emb.weight
         )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        """Decoder tokens for encoder input `input_ids`; see `pretrainer.model.generate.generate`."""
+        from .generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **sampling)

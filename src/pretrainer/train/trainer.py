@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, to_yaml
+from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, Shards, TokenWindows, prepare
 from ..eval.metrics import perplexity
 from ..model import build_model
@@ -31,6 +33,7 @@ class RunResult:
     step: int
     val_loss: float | None
     shards: Shards
+    scores: dict  # the last evaluation's numbers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,20 +93,42 @@ def _check_resumable(saved: Config, config: Config) -> None:
                 )
 
 
+def batch_maker(objective, windows: TokenWindows, seed: int):
+    """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
+    from (seed, first), so that any batch can be rebuilt exactly."""
+
+    def make(first: int, size: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, first])
+        return objective.batch(windows.rows(first, size), windows.tokens, rng)
+
+    return make
+
+
 @torch.no_grad()
-def evaluate(model, windows: TokenWindows, config: Config, device, autocast) -> float:
-    """Mean loss over the same `eval.batches` validation batches every time (fewer if val is small)."""
+def evaluate(model, make_batch, n_examples: int, config: Config, device, autocast) -> dict[str, float]:
+    """Mean loss (and MLM accuracy for an encoder) over the same `eval.batches` validation batches every time
+    (fewer if the validation split is small)."""
     model.eval()
-    b = config.train.batch_size
-    n_batches = max(1, min(config.eval.batches, windows.per_epoch // b))
+    b = min(config.train.batch_size, n_examples)
+    n_batches = max(1, min(config.eval.batches, n_examples // b))
     total = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    masked = torch.zeros((), device=device)
     for i in range(n_batches):
-        x, y = windows.batch(i * b, min(b, windows.per_epoch))
+        batch = {k: v.to(device) for k, v in make_batch(i * b, b).items()}
         with autocast():
-            _, loss = model(x.to(device), y.to(device))
+            _, loss = model(**batch)
+            if config.model.arch == "encoder":
+                inputs = {k: v for k, v in batch.items() if k != "nsp_labels"}
+                targets = batch["targets"]
+                correct += (model.mlm_predictions(**inputs) == targets[targets != -100]).sum()
+                masked += (targets != -100).sum()
         total += loss.float()
     model.train()
-    return total.item() / n_batches
+    result = {"val_loss": total.item() / n_batches}
+    if config.model.arch == "encoder":
+        result["val_mlm_accuracy"] = correct.item() / max(1.0, masked.item())
+    return result
 
 
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:
@@ -150,22 +175,24 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
         _set_rng_state(state["rng"], device)
         step, sample = state["step"], state["sample"]
 
-    seq_len = config.objective.seq_len
-    train_windows = TokenWindows(shards.tokens("train"), seq_len, t.seed, "train")
-    val_windows = TokenWindows(shards.tokens("val"), seq_len, t.seed + 1, "val")
+    objective = make_objective(config, shards.tokenizer)
+    train_windows = TokenWindows(shards.tokens("train"), objective.window, objective.stride, t.seed, "train")
+    val_windows = TokenWindows(shards.tokens("val"), objective.window, objective.stride, t.seed + 1, "val")
+    make_val_batch = batch_maker(objective, val_windows, t.seed + 1)
     dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
 
     forward = torch.compile(model) if t.compile else model
-    tokens_per_step = t.batch_size * t.grad_accum * seq_len
-    flops_per_step = flops_per_token(config.model, count_params(model, embeddings=False), seq_len) * tokens_per_step
+    tokens_per_step = t.batch_size * t.grad_accum * objective.tokens_per_example
+    fpt = flops_per_token(config.model, count_params(model, embeddings=False), config.objective.seq_len)
+    flops_per_step = fpt * tokens_per_step
     peak = peak_flops(device, dtype)
     log = MetricsLog(run_dir, keep_until_step=step if ckpt is not None else None)
-    prefetch = Prefetcher(train_windows, sample, t.batch_size)
+    prefetch = Prefetcher(batch_maker(objective, train_windows, t.seed), sample, t.batch_size)
     bar = tqdm(total=t.max_steps, initial=step, disable=not t.progress, unit="step", dynamic_ncols=True)
-    val_loss = None
+    scores: dict = {}
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     model.train()
@@ -175,10 +202,9 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for _ in range(t.grad_accum):
-                x, y = prefetch.next()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                batch = {k: v.to(device, non_blocking=True) for k, v in prefetch.next().items()}
                 with autocast():
-                    _, loss = forward(x, y)
+                    _, loss = forward(**batch)
                 (loss / t.grad_accum).backward()
                 loss_sum += loss.detach()
             sample += t.batch_size * t.grad_accum
@@ -214,9 +240,11 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
             bar.update(1)
 
             if step % t.eval_every == 0 or step == t.max_steps:
-                val_loss = evaluate(model, val_windows, config, device, autocast)
-                log.log({"step": step, "val_loss": val_loss, "val_ppl": round(perplexity(val_loss), 3)})
-                bar.write(f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.1f})")
+                scores = evaluate(model, make_val_batch, val_windows.per_epoch, config, device, autocast)
+                val_loss = scores["val_loss"]
+                log.log({"step": step, **scores, "val_ppl": round(perplexity(val_loss), 3)})
+                accuracy = f", MLM accuracy {scores['val_mlm_accuracy']:.1%}" if "val_mlm_accuracy" in scores else ""
+                bar.write(f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.1f}){accuracy}")
             if step % t.save_every == 0 or step == t.max_steps:
                 state = {"step": step, "sample": sample, "optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
                 checkpoint.save(run_dir, step, model, config, shards.tokenizer, state, t.keep_last)
@@ -226,4 +254,4 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
         bar.close()
         log.close()
     plot_loss(run_dir)
-    return RunResult(run_dir, step, val_loss, shards)
+    return RunResult(run_dir, step, scores.get("val_loss"), shards, scores)

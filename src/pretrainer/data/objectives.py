@@ -1,0 +1,325 @@
+"""Pretraining objectives built on the fly from token windows: BERT's masked LM (optionally whole-word, optionally
+with next-sentence pairs) and T5's span corruption.
+
+All are vectorised over the batch and draw only from the generator they are given, so a batch is a pure function
+of its tokens and the generator's state: seed the generator from (seed, example index) and a resumed run rebuilds
+exactly the batches the uninterrupted one saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .sources import DataError
+from .tokenizer import eos_id, sentinel_ids
+from .tokenizer import special_ids as tokenizer_special_ids
+
+IGNORE = -100  # the label of positions without a loss (cross_entropy's default ignore_index)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Collection[int],
+    generator: torch.Generator,
+    mask_prob: float = 0.15,
+    word_starts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: (corrupted inputs, labels), both shaped and typed like the (int64) `input_ids`.
+
+    Every non-special token is chosen independently with probability `mask_prob` (a Bernoulli draw, so the count
+    per row varies). With `word_starts` (True where a token begins a word) whole words are chosen instead, each
+    with probability `mask_prob`, and all tokens of a chosen word with them. Of the chosen tokens 80% become
+    `mask_id`, 10% a token drawn uniformly from the non-special vocabulary (by chance, now and then, the original
+    one) and 10% stay as they are, decided per token. The labels are the original ids at the chosen positions and
+    -100 elsewhere. Special ids (and `mask_id`) are never chosen nor drawn. `generator` lives on the ids' device.
+    """
+    device, shape = input_ids.device, input_ids.shape
+    special = torch.tensor(sorted({*special_ids, mask_id}), dtype=torch.long, device=device)
+    if word_starts is None:
+        chosen = torch.rand(shape, generator=generator, device=device) < mask_prob
+    else:
+        word = word_starts.long().cumsum(-1)  # each token's word number; tokens before the first start are word 0
+        words = torch.rand((*shape[:-1], shape[-1] + 1), generator=generator, device=device) < mask_prob
+        chosen = words.gather(-1, word)
+    chosen &= ~torch.isin(input_ids, special)
+    action = torch.rand(shape, generator=generator, device=device)
+    pool = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    pool[special[special < vocab_size]] = False
+    pool = pool.nonzero().squeeze(1)
+    random_ids = pool[torch.randint(len(pool), shape, generator=generator, device=device)]
+    inputs = torch.where(chosen & (action < 0.8), mask_id, input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, torch.where(chosen, input_ids, IGNORE)
+
+
+def word_start_table(tok: Tokenizer) -> torch.Tensor:
+    """(vocab size,) bool, True for every token but WordPiece's "##" continuations: index it with token ids."""
+    starts = torch.ones(tok.get_vocab_size(), dtype=torch.bool)
+    starts[[i for t, i in tok.get_vocab().items() if t.startswith("##")]] = False
+    return starts
+
+
+def word_starts_from_tokens(ids: torch.Tensor, tok: Tokenizer) -> torch.Tensor:
+    """True where a WordPiece token begins a word, for whole-word masking. It builds the vocabulary-size table
+    each call: for many batches build `word_start_table` once and index it."""
+    return word_start_table(tok).to(ids.device)[ids]
+
+
+class NSPBatch(NamedTuple):
+    input_ids: np.ndarray  # (n, seq_len) int64: [CLS] A [SEP] B [SEP], then padding
+    token_type_ids: np.ndarray  # (n, seq_len) int64: 0 on [CLS] A [SEP], 1 on B [SEP], 0 on padding
+    attention_mask: np.ndarray  # (n, seq_len) bool: True on real tokens
+    nsp_labels: np.ndarray  # (n,) int64: 0 when B follows A (IsNext, as HF's BertForPreTraining), 1 when random
+
+
+def nsp_pairs(
+    tokens: np.ndarray,
+    n: int,
+    seq_len: int,
+    *,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    rng: np.random.Generator,
+    short_seq_prob: float = 0.1,
+) -> NSPBatch:
+    """BERT's next-sentence pairs cut from a flat token stream.
+
+    A is a random span; B is what follows it (probability 0.5) or a span from elsewhere that overlaps neither A
+    nor A's continuation. A and B share seq_len - 3 tokens, split at a uniformly random point; as in BERT, a
+    fraction `short_seq_prob` of the examples get a uniformly random shorter total and are padded. The stream has
+    no sentence boundaries, so spans start and end anywhere, across documents too.
+    """
+    budget = seq_len - 3  # A and B together
+    if budget < 2:
+        raise ValueError(f"seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]")
+    if len(tokens) < 3 * seq_len:
+        raise DataError(f"next-sentence pairs need at least 3 * seq_len = {3 * seq_len} tokens; got {len(tokens)}")
+    short = rng.random(n) < short_seq_prob
+    total = np.where(short, rng.integers(2, budget + 1, n), budget)
+    len_a = rng.integers(1, total)
+    len_b = total - len_a
+    a_start = rng.integers(0, len(tokens) - total + 1)
+    follow = a_start + len_a
+    # A random B starts on the ring of B's valid starts at least `budget` past A's continuation: forward it lands
+    # after the continuation, wrapped around it ends before A begins.
+    starts = len(tokens) - len_b + 1
+    elsewhere = (follow + rng.integers(budget, starts - budget + 1)) % starts
+    is_next = rng.random(n) < 0.5
+    b_start = np.where(is_next, follow, elsewhere)
+
+    j = np.arange(seq_len)
+    la, b0, lb = len_a[:, None], len_a[:, None] + 2, len_b[:, None]  # b0: where B begins
+    in_a, in_b = (j >= 1) & (j <= la), (j >= b0) & (j < b0 + lb)
+    ids = np.full((n, seq_len), pad_id, dtype=np.int64)
+    ids[:, 0] = cls_id
+    ids[(j == la + 1) | (j == b0 + lb)] = sep_id
+    ids[in_a] = tokens[(a_start[:, None] + j - 1)[in_a]]
+    ids[in_b] = tokens[(b_start[:, None] + j - b0)[in_b]]
+    token_types = ((j >= b0) & (j <= b0 + lb)).astype(np.int64)
+    return NSPBatch(ids, token_types, j < (total + 3)[:, None], (~is_next).astype(np.int64))
+
+
+def _noise_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """T5's numbers of noise tokens and noise spans in `length` (>= 2) tokens; round() halves to even, as tf.round."""
+    num_noise = min(max(round(length * noise_density), 1), length - 1)
+    return num_noise, max(round(num_noise / mean_noise_span_length), 1)
+
+
+def _random_segmentation(num_items: int, num_segments: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, num_segments) positive lengths summing to num_items, each row a uniformly random composition."""
+    first_in_segment = np.tile(np.arange(num_items - 1) < num_segments - 1, (batch, 1))  # of items 1..num_items-1
+    cuts = np.nonzero(rng.permuted(first_in_segment, axis=1))[1].reshape(batch, num_segments - 1) + 1
+    bounds = np.concatenate([np.zeros((batch, 1), int), cuts, np.full((batch, 1), num_items)], axis=1)
+    return np.diff(bounds, axis=1)
+
+
+def batch_noise_masks(
+    batch: int, length: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(batch, length) bool noise masks by T5's random_spans_noise_mask (without its random roll).
+
+    Every row has the same numbers of noise tokens and spans, in random lengths; the noise and non-noise spans
+    alternate, starting with non-noise and (as in T5) ending with noise.
+    """
+    orig_length, length = length, max(length, 2)
+    num_noise, num_spans = _noise_counts(length, noise_density, mean_noise_span_length)
+    if num_spans > min(num_noise, length - num_noise):
+        raise ValueError(
+            f"{num_spans} noise spans cannot fit in {length} tokens with noise_density={noise_density} and "
+            f"mean_noise_span_length={mean_noise_span_length}"
+        )
+    noise = _random_segmentation(num_noise, num_spans, batch, rng)
+    nonnoise = _random_segmentation(length - num_noise, num_spans, batch, rng)
+    span_lengths = np.stack([nonnoise, noise], axis=2).reshape(-1)  # non-noise, noise, non-noise, ... row by row
+    mask = np.repeat(np.tile([False, True], batch * num_spans), span_lengths).reshape(batch, length)
+    return mask[:, :orig_length]
+
+
+def random_spans_noise_mask(
+    length: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One (length,) bool noise mask: see `batch_noise_masks`."""
+    return batch_noise_masks(1, length, noise_density, mean_noise_span_length, rng)[0]
+
+
+def t5_lengths(inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+    """(raw tokens, targets length): span corruption of that many raw tokens, with EOS, gives inputs of exactly
+    `inputs_length` tokens and targets of that length (T5's random_spans_helper).
+
+    Inputs hold the non-noise tokens, a sentinel per span and EOS; targets a sentinel and the tokens of every
+    span, the final sentinel and EOS. T5's own targets have no final sentinel (its masks end in noise), so
+    ours are one longer: for 512, 568 raw tokens and 115 targets (T5: 114). T5's special case for density 0.5
+    (trimming the targets to the inputs length) is left out.
+    """
+
+    def lengths(raw: int) -> tuple[int, int]:
+        num_noise, num_spans = _noise_counts(raw, noise_density, mean_noise_span_length)
+        return raw - num_noise + num_spans + 1, num_noise + num_spans + 2
+
+    raw = inputs_length - 1
+    while lengths(raw + 1)[0] <= inputs_length:
+        raw += 1
+    return raw, lengths(raw)[1]
+
+
+def span_corrupt(
+    tokens: np.ndarray, noise_mask: np.ndarray, sentinel_ids: Sequence[int], eos_id: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """T5's span corruption: (inputs, targets) int64, (B, ...) for (B, L) tokens and 1-D for (L,).
+
+    Each maximal run of noise tokens becomes one sentinel in the inputs, sentinel_ids[0], [1], ... in order; the
+    targets are every span's sentinel followed by its tokens, then the next unused sentinel. "I love this red
+    car" with "love" and "red car" noise gives inputs "I <X> this <Y>" and targets "<X> love <Y> red car <Z>".
+    With `eos_id`, both end in it. All rows need the same numbers of noise tokens and spans (the masks of
+    `batch_noise_masks` have), which makes the outputs rectangular.
+    """
+    rows, mask = np.atleast_2d(tokens).astype(np.int64), np.atleast_2d(noise_mask).astype(bool)
+    if rows.shape != mask.shape:
+        raise ValueError(f"tokens {rows.shape} and noise mask {mask.shape} differ in shape")
+    starts = mask & ~np.pad(mask[:, :-1], ((0, 0), (1, 0)))
+    n_noise, n_spans = mask.sum(1), starts.sum(1)
+    if len(set(n_noise)) > 1 or len(set(n_spans)) > 1:
+        raise ValueError("every row needs the same numbers of noise tokens and noise spans")
+    (b, length), noise, k = rows.shape, int(n_noise.max(initial=0)), int(n_spans.max(initial=0))
+    if k + 1 > len(sentinel_ids):
+        raise ValueError(
+            f"{k} noise spans need {k + 1} sentinels (one per span and a final one); got {len(sentinel_ids)}"
+        )
+    sentinels = np.asarray(sentinel_ids, dtype=np.int64)
+    opening = sentinels[np.maximum(starts.cumsum(1) - 1, 0)]  # the sentinel of the span that starts here
+    # Every position offers two slots, (its span's sentinel, its token): the inputs keep sentinels and non-noise
+    # tokens, the targets sentinels and noise tokens, in order.
+    slots = np.stack([opening, rows], axis=2).reshape(b, 2 * length)
+    inputs = slots[np.stack([starts, ~mask], axis=2).reshape(b, 2 * length)].reshape(b, length - noise + k)
+    targets = slots[np.stack([starts, mask], axis=2).reshape(b, 2 * length)].reshape(b, noise + k)
+    targets = np.concatenate([targets, np.full((b, 1), sentinels[k])], axis=1)
+    if eos_id is not None:
+        eos = np.full((b, 1), eos_id, dtype=np.int64)
+        inputs, targets = np.concatenate([inputs, eos], axis=1), np.concatenate([targets, eos], axis=1)
+    return (inputs, targets) if np.ndim(tokens) == 2 else (inputs[0], targets[0])
+
+
+# Objectives as the trainer sees them: each takes windows of `window` raw tokens (cut every `stride` tokens)
+# and returns a model-ready batch, a dict of tensors named as the model's forward arguments.
+
+
+def _special(tokenizer: Tokenizer, names: Sequence[str], objective: str, fix: str) -> list[int]:
+    ids = [tokenizer.token_to_id(n) for n in names]
+    if None in ids:
+        missing = [n for n, i in zip(names, ids, strict=True) if i is None]
+        raise DataError(
+            f"objective {objective} needs the tokens {', '.join(missing)}, which the tokenizer lacks; {fix}"
+        )
+    return ids  # type: ignore[return-value]
+
+
+class CausalLM:
+    """Next-token prediction: targets are the inputs shifted by one (windows overlap by that one token)."""
+
+    def __init__(self, seq_len: int):
+        self.window, self.stride, self.tokens_per_example = seq_len + 1, seq_len, seq_len
+
+    def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
+
+
+class MaskedLM:
+    """BERT: `[CLS] tokens [SEP]` (or `[CLS] A [SEP] B [SEP]` pairs with NSP), masked anew in every batch."""
+
+    def __init__(
+        self, seq_len: int, tokenizer: Tokenizer, vocab_size: int, mask_prob: float, whole_word: bool, nsp: bool
+    ):
+        fix = "use data.tokenizer=wordpiece"
+        self.cls, self.sep, self.mask, self.pad = _special(tokenizer, ["[CLS]", "[SEP]", "[MASK]", "[PAD]"], "mlm", fix)
+        self.seq_len, self.vocab_size, self.mask_prob, self.nsp = seq_len, vocab_size, mask_prob, nsp
+        self.special = tokenizer_special_ids(tokenizer)
+        self.word_starts = word_start_table(tokenizer) if whole_word else None
+        self.window = self.stride = seq_len - 2
+        self.tokens_per_example = seq_len
+
+    def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.nsp:
+            pairs = nsp_pairs(
+                stream, len(rows), self.seq_len, cls_id=self.cls, sep_id=self.sep, pad_id=self.pad, rng=rng
+            )
+            ids = torch.from_numpy(pairs.input_ids)
+            out["token_type_ids"] = torch.from_numpy(pairs.token_type_ids)
+            out["padding_mask"] = torch.from_numpy(pairs.attention_mask)
+            out["nsp_labels"] = torch.from_numpy(pairs.nsp_labels)
+        else:
+            n = len(rows)
+            ids = torch.from_numpy(
+                np.concatenate([np.full((n, 1), self.cls), rows.astype(np.int64), np.full((n, 1), self.sep)], axis=1)
+            )
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        word_starts = self.word_starts[ids] if self.word_starts is not None else None
+        out["input_ids"], out["targets"] = mask_tokens(
+            ids, mask_id=self.mask, vocab_size=self.vocab_size, special_ids=self.special, generator=generator,
+            mask_prob=self.mask_prob, word_starts=word_starts,
+        )  # fmt: skip
+        return out
+
+
+class SpanCorruption:
+    """T5: spans of the raw window replaced by sentinels; the decoder reads `<start> targets[:-1]`."""
+
+    def __init__(
+        self, seq_len: int, tokenizer: Tokenizer, noise_density: float, mean_span_length: float, start_id: int
+    ):
+        self.sentinels, self.eos, self.start = sentinel_ids(tokenizer), eos_id(tokenizer), start_id
+        self.noise_density, self.mean_span_length = noise_density, mean_span_length
+        self.window, self.target_len = t5_lengths(seq_len, noise_density, mean_span_length)
+        self.stride = self.window
+        self.tokens_per_example = seq_len + self.target_len
+
+    def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        masks = batch_noise_masks(len(rows), self.window, self.noise_density, self.mean_span_length, rng)
+        inputs, targets = span_corrupt(rows, masks, self.sentinels, self.eos)
+        targets = torch.from_numpy(targets)
+        start = torch.full((len(rows), 1), self.start, dtype=torch.long)
+        return {
+            "input_ids": torch.from_numpy(inputs),
+            "decoder_input_ids": torch.cat([start, targets[:, :-1]], dim=1),
+            "targets": targets,
+        }
+
+
+def make_objective(config, tokenizer: Tokenizer):
+    """The objective a Config asks for, bound to its tokenizer and model."""
+    o, m = config.objective, config.model
+    if o.name == "mlm":
+        return MaskedLM(o.seq_len, tokenizer, m.vocab_size, o.mask_prob, o.whole_word, o.nsp)
+    if o.name == "span_corruption":
+        return SpanCorruption(o.seq_len, tokenizer, o.noise_density, o.mean_span_length, m.decoder_start_id)
+    return CausalLM(o.seq_len)

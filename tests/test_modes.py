@@ -1,0 +1,105 @@
+"""Encoder (BERT, MLM) and encoder-decoder (T5, span corruption): masks, training, resume, generation."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pretrainer
+from pretrainer.config import ConfigError, ModelConfig
+from pretrainer.model import build_model
+from pretrainer.train.metrics import read_metrics
+
+BERT = {
+    "model.arch": "encoder", "model.norm_position": "post", "model.activation": "gelu", "model.type_vocab_size": 2,
+    "data.tokenizer": "wordpiece", "objective.name": "mlm", "train.lr": 2e-3,
+}  # fmt: skip
+T5 = {
+    "model.arch": "encoder_decoder", "model.positions": "relative", "model.norm": "rmsnorm", "model.bias": False,
+    "model.activation": "relu", "model.scale_attention": False, "model.head_scale": True, "model.n_decoder_layer": 2,
+    "data.tokenizer": "unigram", "data.sentinels": 20, "objective.name": "span_corruption", "train.lr": 3e-3,
+}  # fmt: skip
+MODES = {"bert": BERT, "t5": T5}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pretraining_learns(mode, tiny_config, tmp_path):
+    result = pretrainer.train(tiny_config(**MODES[mode], **{"train.max_steps": 40}), tmp_path / "run")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    if mode == "bert":
+        assert 0.05 < result.scores["val_mlm_accuracy"] <= 1.0
+
+
+def test_bert_with_next_sentence_prediction(tiny_config, tmp_path):
+    config = tiny_config(**BERT, **{"objective.nsp": True, "model.nsp_head": True, "train.max_steps": 4})
+    assert pretrainer.train(config, tmp_path / "run").val_loss is not None
+
+
+def test_nsp_without_head_is_an_error(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="no NSP head"):
+        pretrainer.train(tiny_config(**BERT, **{"objective.nsp": True, "train.max_steps": 2}), tmp_path / "run")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_is_exact(mode, tiny_config, tmp_path):
+    config = lambda: tiny_config(**MODES[mode], **{"train.max_steps": 12, "train.save_every": 6, "train.keep_last": 5})
+    pretrainer.train(config(), tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-12")
+    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step-6\n")
+    pretrainer.train(config(), tmp_path / "resumed", resume=True)
+
+    def losses(run):
+        rows = read_metrics(tmp_path / run / "metrics.jsonl")
+        return [{k: v for k, v in r.items() if k not in ("tok_per_s", "mfu")} for r in rows]
+
+    assert losses("resumed") == losses("full")
+    a = load_file(tmp_path / "full" / "checkpoints" / "step-12" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoints" / "step-12" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_objective_must_fit_the_model():
+    with pytest.raises(ConfigError, match="model.arch=encoder trains with objective.name=mlm"):
+        pretrainer.load_config(None, ["model.arch=encoder"])
+
+
+def test_mlm_needs_a_tokenizer_with_mask(tiny_config, tmp_path):
+    from pretrainer.data.sources import DataError
+
+    with pytest.raises(DataError, match=r"needs the tokens \[CLS\], \[SEP\], \[MASK\], \[PAD\]"):
+        pretrainer.train(tiny_config(**{**BERT, "data.tokenizer": "bpe"}), tmp_path / "run")
+
+
+SMALL = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
+
+
+def test_encoder_sees_the_future_and_decoders_do_not():
+    torch.manual_seed(0)
+    encoder = build_model(ModelConfig(arch="encoder", type_vocab_size=2, **SMALL)).eval()
+    t5 = build_model(ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", **SMALL)).eval()
+    x = torch.randint(5, 97, (1, 20))
+    y = x.clone()
+    y[0, 15] = (x[0, 15] + 1) % 97
+    with torch.no_grad():
+        hx, hy = encoder.encode(x), encoder.encode(y)
+        assert not torch.allclose(hx[:, :15], hy[:, :15])  # position t < 15 sees the change at 15
+        memory = t5.encode(x)
+        dx, dy = t5.decode(x, memory), t5.decode(y, memory)
+        assert torch.equal(dx[:, :15], dy[:, :15]) and not torch.allclose(dx[:, 15:], dy[:, 15:])
+        # T5's encoder is bidirectional too
+        assert not torch.allclose(t5.encode(x)[:, :15], t5.encode(y)[:, :15])
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3)])
+def test_t5_cached_equals_uncached(sampling):
+    torch.manual_seed(0)
+    t5 = build_model(ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", **SMALL)).eval()
+    x = torch.randint(5, 97, (2, 12))
+    pad = torch.ones(2, 12, dtype=torch.bool)
+    pad[1, 8:] = False
+    cached = t5.generate(x, 30, padding_mask=pad, **sampling)
+    plain = t5.generate(x, 30, padding_mask=pad, use_cache=False, **sampling)
+    assert cached.shape == (2, 31) and torch.equal(cached, plain) and (cached[:, 0] == 0).all()

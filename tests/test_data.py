@@ -34,8 +34,9 @@ def test_pieces_tokenize_like_the_whole():
     assert [i for p in pieces for i in tok.encode(p).ids] == tok.encode(text).ids
 
 
-def test_shards_manifest_and_noop_rerun(corpus, tmp_path):
-    cfg = data_config(corpus, tmp_path)
+@pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece", "unigram"])
+def test_shards_manifest_and_noop_rerun(tokenizer, corpus, tmp_path):
+    cfg = data_config(corpus, tmp_path, tokenizer=tokenizer, sentinels=20)
     shards = prepare(cfg)
     m = shards.manifest
     assert not shards.reused and m["dtype"] == "uint16"
@@ -49,6 +50,7 @@ def test_shards_manifest_and_noop_rerun(corpus, tmp_path):
     bins = {p.name: p.stat().st_mtime_ns for p in shards.dir.iterdir()}
     again = prepare(cfg)
     assert again.reused and {p.name: p.stat().st_mtime_ns for p in again.dir.iterdir()} == bins
+    assert again.tokenizer.to_str() == shards.tokenizer.to_str()  # the first run already used the saved one
 
     (corpus / "doc0.txt").write_text("Changed text entirely. " * 50)
     changed = prepare(cfg)

@@ -1,12 +1,13 @@
 """pretrainer: pretrain, adapt and study encoder, encoder-decoder and decoder-only transformers."""
 
 from .config import Config, load_config
+from .convert import convert
 from .model.generate import generate_text
 from .train.checkpoint import load as _load
 from .train.trainer import train
 
 __version__ = "0.1.0"
-__all__ = ["Config", "load_config", "train", "load", "generate_text"]
+__all__ = ["Config", "load_config", "train", "load", "generate_text", "convert"]
 
 
 def load(path, device="cpu"):

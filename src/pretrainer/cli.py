@@ -9,9 +9,10 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .data.sources import DataError
+from .model.hf import ConversionError
 from .train.checkpoint import CheckpointError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FloatingPointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ConversionError, FloatingPointError)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def cmd_generate(args) -> None:
     from .train.checkpoint import load
     from .train.trainer import resolve_device
 
-    model, tokenizer, _ = load(args.checkpoint, resolve_device(args.device))
+    model, tokenizer, _ = load(args.checkpoint, resolve_device(args.device), archs=("decoder", "encoder_decoder"))
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         text = generate_text(
@@ -62,6 +63,15 @@ def cmd_generate(args) -> None:
         print(args.prompt + text)
         if i + 1 < args.num_samples:
             print("-" * 40)
+
+
+def cmd_convert(args) -> None:
+    from .convert import convert
+
+    out, notes = convert(args.source, args.destination)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("convert", help="to and from Hugging Face transformers checkpoints (safetensors, GGUF)")
+    p.add_argument(
+        "source",
+        help="a run/checkpoint folder of ours, a transformers folder, a .gguf file, or "
+        "a built-in checkpoint: minilm (BERT), smollm2 (Llama GGUF)",
+    )
+    p.add_argument("destination", help="the folder to write (must not exist)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -6,6 +6,7 @@ the shards were made from; asked again for the same inputs, `prepare` does no wo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer
 
 from ..config import DataConfig
 from .sources import Corpus, DataError, cache_dir, load_corpus
-from .tokenizer import eos_id, gpt2, load_tokenizer, tokenizer_hash, train_bpe, train_unigram, train_wordpiece
+from .tokenizer import eos_id, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
 MANIFEST_VERSION = 1
 
@@ -47,6 +48,10 @@ def shard_dir(cfg: DataConfig) -> Path:
     else:
         tok = "gpt2" if cfg.tokenizer == "gpt2" else Path(cfg.tokenizer).stem
     return Path(cfg.data_dir or cache_dir() / "data") / f"{source}-{tok}".replace("*", "_")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -100,7 +105,8 @@ def _tokenizer_spec(cfg: DataConfig) -> dict:
         )
     if cfg.tokenizer == "gpt2":
         return {"kind": "gpt2"}
-    return {"kind": "file", "sha256": tokenizer_hash(load_tokenizer(cfg.tokenizer))}
+    load_tokenizer(cfg.tokenizer)  # a clear error for a missing or malformed file
+    return {"kind": "file", "sha256": file_sha256(Path(cfg.tokenizer).expanduser())}
 
 
 def prepare(cfg: DataConfig) -> Shards:
@@ -111,10 +117,12 @@ def prepare(cfg: DataConfig) -> Shards:
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("version") == MANIFEST_VERSION and manifest.get("inputs") == inputs:
-            tok = load_tokenizer(out / "tokenizer.json")
-            if tokenizer_hash(tok) == manifest["tokenizer_sha256"]:
-                return Shards(out, tok, manifest, reused=True)
+        if (
+            manifest.get("version") == MANIFEST_VERSION
+            and manifest.get("inputs") == inputs
+            and file_sha256(out / "tokenizer.json") == manifest["tokenizer_sha256"]
+        ):
+            return Shards(out, load_tokenizer(out / "tokenizer.json"), manifest, reused=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # the shards below are about to change
     if cfg.tokenizer in TRAINED:
@@ -126,6 +134,9 @@ def prepare(cfg: DataConfig) -> Shards:
     eos = eos_id(tok)
     dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
     _atomic_write(out / "tokenizer.json", tok.to_str().encode())
+    # from here on the tokenizer as saved: a trained Unigram's scores change in their last bits when
+    # written and read back, and every later run reads the saved one
+    tok = load_tokenizer(out / "tokenizer.json")
     splits = {}
     for split, docs in (("train", corpus.train), ("val", corpus.val)):
         n = _tokenize(tok, docs, eos, dtype, out / f"{split}.bin")
@@ -133,7 +144,7 @@ def prepare(cfg: DataConfig) -> Shards:
     manifest = {
         "version": MANIFEST_VERSION,
         "inputs": inputs,
-        "tokenizer_sha256": tokenizer_hash(tok),
+        "tokenizer_sha256": file_sha256(out / "tokenizer.json"),
         "vocab_size": tok.get_vocab_size(),
         "eos_id": eos,
         "dtype": dtype.name,

@@ -3,8 +3,6 @@ encoder objectives, a BERT-style WordPiece and a T5-style Unigram with span sent
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -93,10 +91,6 @@ def eos_id(tok: Tokenizer) -> int:
     raise DataError(
         f"the tokenizer has none of the end-of-text tokens {', '.join(_EOS_CANDIDATES)}; add one as a special token"
     )
-
-
-def tokenizer_hash(tok: Tokenizer) -> str:
-    return hashlib.sha256(json.dumps(json.loads(tok.to_str()), sort_keys=True).encode()).hexdigest()
 
 
 def sentinel_ids(tok: Tokenizer) -> list[int]:

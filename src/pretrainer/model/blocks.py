@@ -75,11 +75,13 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def for_layers(cls, config: ModelConfig, n_layer: int, batch: int, like: torch.Tensor) -> list[KVCache]:
-        """One cache per layer, on the device and in the dtype of `like`."""
+    def for_layers(
+        cls, config: ModelConfig, n_layer: int, batch: int, length: int, like: torch.Tensor
+    ) -> list[KVCache]:
+        """One cache of `length` positions per layer, on the device and in the dtype of `like`."""
         head_dim = config.head_dim or config.d_model // config.n_head
         n_kv_head = config.n_kv_head or config.n_head
-        return [cls(batch, n_kv_head, config.max_seq_len, head_dim, like.device, like.dtype) for _ in range(n_layer)]
+        return [cls(batch, n_kv_head, length, head_dim, like.device, like.dtype) for _ in range(n_layer)]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[-2]

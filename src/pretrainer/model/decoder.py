@@ -58,8 +58,8 @@ class Decoder(nn.Module):
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(x), None
 
-    def new_cache(self, batch: int) -> list[KVCache]:
-        return KVCache.for_layers(self.config, self.config.n_layer, batch, self.tok_emb.weight)
+    def new_cache(self, batch: int, length: int) -> list[KVCache]:
+        return KVCache.for_layers(self.config, self.config.n_layer, batch, length, self.tok_emb.weight)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

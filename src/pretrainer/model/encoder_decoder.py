@@ -113,11 +113,10 @@ class EncoderDecoder(nn.Module):
             return None, linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(hidden), None
 
-    def new_cache(self, batch: int) -> list[KVCache]:
+    def new_cache(self, batch: int, length: int) -> list[KVCache]:
         """Self-attention caches for the decoder's layers (cross-attention keys come from `memory`)."""
-        return KVCache.for_layers(
-            self.config, self.config.n_decoder_layer or self.config.n_layer, batch, self.tok_emb.weight
-        )
+        n_layer = self.config.n_decoder_layer or self.config.n_layer
+        return KVCache.for_layers(self.config, n_layer, batch, length, self.tok_emb.weight)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

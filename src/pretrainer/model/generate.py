@@ -78,7 +78,7 @@ def generate(
     for _ in range(max_new_tokens):
         if use_cache and out.shape[1] < max_len:
             if cache is None:
-                cache = model.new_cache(out.shape[0])
+                cache = model.new_cache(out.shape[0], min(max_len, out.shape[1] + max_new_tokens))
                 logits = logits_for(out, cache)
             else:
                 logits = logits_for(out[:, -1:], cache)

@@ -23,6 +23,14 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit; the message says what to do."""
 
 
+def write_model(folder: Path, model, config: Config, tokenizer: Tokenizer | None) -> None:
+    """The loadable part of a checkpoint: weights, config and tokenizer."""
+    save_model(model, str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(to_yaml(config))
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+
+
 def save(run_dir: Path, step: int, model, config: Config, tokenizer: Tokenizer, state: dict, keep_last: int):
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -30,9 +38,7 @@ def save(run_dir: Path, step: int, model, config: Config, tokenizer: Tokenizer, 
     tmp = root / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    (tmp / "config.yaml").write_text(to_yaml(config))
-    tokenizer.save(str(tmp / "tokenizer.json"))
+    write_model(tmp, model, config, tokenizer)
     torch.save(state, tmp / "trainer_state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -71,13 +77,20 @@ def read_config(ckpt: Path) -> Config:
     return from_yaml_text((Path(ckpt) / "config.yaml").read_text())
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer, config) from a checkpoint or run folder; the model is in eval mode."""
+def load(path: str | Path, device: str | torch.device = "cpu", archs: tuple[str, ...] | None = None):
+    """(model, tokenizer, config) from a checkpoint or run folder; the model is in eval mode. With `archs`,
+    a checkpoint of another kind of model (an encoder where a generator is needed, say) is an error."""
     ckpt = resolve(path)
     config = read_config(ckpt)
+    if archs is not None and config.model.arch not in archs:
+        raise CheckpointError(
+            f"'{path}' holds a model.arch={config.model.arch} model; this needs {' or '.join(archs)} "
+            "(an encoder predicts masked tokens, it does not generate)"
+        )
     model = build_model(config.model)
     load_model(model, str(ckpt / "model.safetensors"), device=str(device))
-    tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    tokenizer_file = ckpt / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(tokenizer_file)) if tokenizer_file.is_file() else None
     return model.to(device).eval(), tokenizer, config
 
 

@@ -1,0 +1,78 @@
+"""Real checkpoints that registry packages ship: MiniLM (BERT weights) and SmolLM2-135M (Llama, GGUF)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrainer.convert import convert, resolve_source
+from pretrainer.model.hf import ConversionError
+from pretrainer.train.checkpoint import CheckpointError, load
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_minilm_imports_with_a_fresh_tied_mlm_head(tmp_path):
+    out, notes = convert("minilm", tmp_path / "minilm")
+    assert any("no MLM head" in n and "tied to the word embeddings" in n for n in notes)
+    model, tokenizer, config = load(out)
+    assert config.model.arch == "encoder" and config.model.n_layer == 6 and config.model.d_model == 384
+    assert model.mlm_decoder.weight is model.tok_emb.weight
+
+    source = resolve_source("minilm")
+    theirs = transformers.BertModel.from_pretrained(source).eval()
+    texts = ["The quick brown fox jumps over the lazy dog.", "Shall I compare thee to a summer's day?"]
+    encodings = [tokenizer.encode(t).ids for t in texts]
+    width = max(map(len, encodings))
+    ids = torch.tensor([e + [0] * (width - len(e)) for e in encodings])
+    pad = ids != 0
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=pad.long()).last_hidden_state
+        got = model.encode(ids, padding_mask=pad)
+    assert ids[0, 0] == tokenizer.token_to_id("[CLS]")  # the shipped tokenizer adds [CLS] ... [SEP]
+    assert (expected - got)[pad].abs().max() <= 1e-4
+
+
+def test_minilm_round_trip_to_bert_for_masked_lm(tmp_path):
+    ours, _ = convert("minilm", tmp_path / "minilm")
+    exported, _ = convert(str(ours), tmp_path / "hf")
+    theirs = transformers.BertForMaskedLM.from_pretrained(exported).eval()
+    model, tokenizer, _ = load(ours)
+    ids = torch.tensor([tokenizer.encode("paris is the capital of [MASK].").ids])
+    with torch.no_grad():
+        assert (theirs(input_ids=ids).logits - model(ids)[0]).abs().max() <= 1e-4
+
+
+def test_encoder_checkpoint_cannot_generate(tmp_path):
+    out, _ = convert("minilm", tmp_path / "minilm")
+    with pytest.raises(
+        CheckpointError, match="holds a model.arch=encoder model; this needs decoder or encoder_decoder"
+    ):
+        load(out, archs=("decoder", "encoder_decoder"))
+    cli = subprocess.run(
+        [sys.executable, "-m", "pretrainer", "generate", str(out), "--prompt", "hello"], capture_output=True, text=True
+    )
+    assert cli.returncode == 2 and "model.arch=encoder" in cli.stderr
+
+
+def test_convert_refuses_an_existing_destination(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ConversionError, match="already exists"):
+        convert("minilm", tmp_path / "taken")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_imports_and_matches_transformers(tmp_path):
+    pytest.importorskip("gguf")
+    out, notes = convert("smollm2", tmp_path / "smol")
+    model, tokenizer, config = load(out)
+    assert config.model.arch == "decoder" and config.model.positions == "rope" and config.model.n_kv_head == 3
+    gguf = resolve_source("smollm2")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    ids = torch.tensor([tokenizer.encode("The capital of France is").ids])
+    with torch.no_grad():
+        expected, got = theirs(input_ids=ids).logits, model(ids)[0]
+    assert (expected - got).abs().max() <= 1e-3 * expected.abs().max()
+    continuation = tokenizer.decode(model.generate(ids, 3, temperature=0)[0, ids.shape[1] :].tolist())
+    assert "Paris" in continuation

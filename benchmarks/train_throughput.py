@@ -1,9 +1,12 @@
-"""Training throughput of our GPT against Hugging Face `GPT2LMHeadModel`, same config, same process.
+"""Training throughput of our models against their Hugging Face `transformers` peers, same config, same process.
 
-Both models start from the same weights (HF's init copied into ours) and train on the same Shakespeare
-batches with AdamW; their steps are interleaved in rounds so that machine noise hits both alike.
-Prints tokens/s, the ratio ours/HF, MFU against this machine's measured matmul ceiling, and both loss
-curves. Run: `make bench` or `python benchmarks/train_throughput.py --precision fp32 bf16`.
+Three families, each against its peer: GPT (`Decoder` vs `GPT2LMHeadModel`, causal LM), BERT (`Encoder` vs
+`BertForMaskedLM`, masked LM) and T5 (`EncoderDecoder` vs `T5ForConditionalGeneration` v1.0, span corruption).
+In each, both models start from the same weights (HF's init copied into ours) and train on the same Shakespeare
+batches with AdamW; their steps are interleaved in rounds, alternating who goes first, so that machine noise
+hits both alike. Prints tokens/s, the ratio ours/HF, MFU against this machine's measured matmul ceiling and
+both loss curves' agreement, then a summary table.
+Run: `make bench` or `python benchmarks/train_throughput.py --models gpt bert t5 --precision fp32 bf16`.
 """
 
 from __future__ import annotations
@@ -12,51 +15,228 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from pretrainer.config import DataConfig
+from pretrainer.config import DataConfig, ModelConfig
+from pretrainer.data.objectives import IGNORE, CausalLM, MaskedLM, SpanCorruption
 from pretrainer.data.shards import TokenWindows, prepare
 from pretrainer.model import Decoder
+from pretrainer.model.encoder import Encoder
+from pretrainer.model.encoder_decoder import EncoderDecoder
 from pretrainer.model.hf import config_from_hf, state_dict_from_hf
 from pretrainer.scaling.flops import count_params, flops_per_token, measured_matmul_flops, peak_flops
+from pretrainer.train.trainer import batch_maker
 
 LAYERS, D_MODEL, HEADS, D_FF, VOCAB, SEQ, BATCH = 4, 256, 4, 1024, 8192, 128, 16
+D_KV, T5_TARGET = 64, 32  # T5: head size; decoder length (inputs are SEQ tokens)
+TARGETS = {"fp32": 1.15, "bf16": 1.3}  # ratio ours/HF we aim for (printed, not asserted)
+Batch = dict[str, torch.Tensor]
 
 
-def make_models():
+@dataclass
+class Contest:
+    """One family's match: fresh models with the same weights, the loss each computes from a batch, the batches."""
+
+    title: str  # the shapes, printed
+    about: list[str]  # what else to know (data, choices), printed
+    new_models: Callable[[], tuple[nn.Module, nn.Module, ModelConfig]]  # (theirs, ours, our config)
+    ours_loss: Callable[[nn.Module, Batch], torch.Tensor]
+    theirs_loss: Callable[[nn.Module, Batch], torch.Tensor]
+    batches: Callable[[int, int], Batch]  # examples first .. first+size-1
+    tokens_per_example: int  # what tokens/s counts
+    flops_per_example: Callable[[nn.Module, ModelConfig], float]  # training FLOPs, from our model
+
+
+def copy_init(family: str, theirs: nn.Module, build: Callable[[ModelConfig], nn.Module], absent=()):
+    """(ours, config): our model of `theirs`' config holding `theirs`' weights. Only tied head weights and the
+    parts `absent` (key prefixes of heads that `theirs` has not got) may stay uncopied."""
+    config = config_from_hf(theirs.config.to_dict())
+    ours = build(config)
+    state, notes = state_dict_from_hf(family, theirs.state_dict(), config)
+    result = ours.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight", "mlm_decoder.weight"} if config.tie_embeddings else set()
+    bad = [k for k in result.missing_keys if k not in tied and not k.startswith(tuple(absent))]
+    if bad or result.unexpected_keys or (notes and not absent):
+        raise SystemExit(f"{family}: weights do not carry over: missing {bad}, unexpected {result.unexpected_keys}")
+    return ours, config
+
+
+def gpt() -> Contest:
     import transformers
 
-    hf_config = transformers.GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=SEQ,
-        n_embd=D_MODEL,
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_inner=D_FF,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
+    shards = prepare(DataConfig(source="shakespeare", tokenizer="bpe", vocab_size=VOCAB))
+    objective = CausalLM(SEQ)
+    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+
+    def batches(first: int, size: int) -> Batch:
+        batch = make(first, size)
+        # HF predicts token t+1 for t < seq-1 only (labels=input_ids, shifted inside): give ours the same targets
+        batch["targets"] = batch["targets"].clone()
+        batch["targets"][:, -1] = IGNORE
+        return batch
+
+    def new_models():
+        hf_config = transformers.GPT2Config(
+            vocab_size=VOCAB,
+            n_positions=SEQ,
+            n_embd=D_MODEL,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_inner=D_FF,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        torch.manual_seed(0)
+        theirs = transformers.GPT2LMHeadModel(hf_config)
+        return theirs, *copy_init("gpt2", theirs, Decoder)
+
+    return Contest(
+        title=f"GPT vs GPT2LMHeadModel: {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, "
+        f"vocab {VOCAB}, seq {SEQ}, batch {BATCH}",
+        about=["causal LM on Shakespeare, BPE 8192; tok/s counts input tokens"],
+        new_models=new_models,
+        ours_loss=lambda m, b: m(b["input_ids"], b["targets"])[1],
+        theirs_loss=lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss,
+        batches=batches,
+        tokens_per_example=SEQ,
+        flops_per_example=lambda ours, config: SEQ * flops_per_token(config, count_params(ours, False), SEQ),
     )
-    torch.manual_seed(0)
-    theirs = transformers.GPT2LMHeadModel(hf_config)
-    config = config_from_hf(hf_config.to_dict())
-    ours = Decoder(config)
-    ours.load_state_dict(state_dict_from_hf("gpt2", theirs.state_dict(), config))
-    return ours, theirs, config
 
 
-def step_fn(model, hf: bool, precision: str):
+def bert() -> Contest:
+    import transformers
+
+    shards = prepare(DataConfig(source="shakespeare", tokenizer="wordpiece", vocab_size=VOCAB))
+    objective = MaskedLM(SEQ, shards.tokenizer, VOCAB, mask_prob=0.15, whole_word=False, nsp=False)
+    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+
+    def new_models():
+        hf_config = transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=D_FF,
+            hidden_act="gelu",
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            max_position_embeddings=SEQ,
+            type_vocab_size=2,
+            pad_token_id=objective.pad,
+        )
+        torch.manual_seed(0)
+        theirs = transformers.BertForMaskedLM(hf_config)
+        # BertForMaskedLM has no pooler: ours keeps a fresh one, which no loss here reaches
+        return theirs, *copy_init("bert", theirs, Encoder, absent=("pooler.",))
+
+    def flops(ours, config):  # the pooler takes no part
+        return flops_per_token(config, count_params(ours, embeddings=False) - count_params(ours.pooler), SEQ) * SEQ
+
+    return Contest(
+        title=f"BERT vs BertForMaskedLM: {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, "
+        f"vocab {VOCAB}, post-LN, GELU, seq {SEQ}, batch {BATCH}",
+        about=["masked LM (15%, 80/10/10) on Shakespeare, WordPiece 8192; tok/s counts input tokens"],
+        new_models=new_models,
+        ours_loss=lambda m, b: m(input_ids=b["input_ids"], targets=b["targets"])[1],
+        theirs_loss=lambda m, b: m(input_ids=b["input_ids"], labels=b["targets"]).loss,
+        batches=make,
+        tokens_per_example=SEQ,
+        flops_per_example=flops,
+    )
+
+
+def t5() -> Contest:
+    import transformers
+
+    shards = prepare(DataConfig(source="shakespeare", tokenizer="unigram", vocab_size=VOCAB))
+    pad = shards.tokenizer.token_to_id("<pad>")  # also T5's decoder start
+    objective = SpanCorruption(SEQ, shards.tokenizer, noise_density=0.15, mean_span_length=3.0, start_id=pad)
+    if objective.target_len > T5_TARGET:
+        raise SystemExit(f"span corruption of {SEQ} inputs gives {objective.target_len} > {T5_TARGET} targets")
+    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+
+    def batches(first: int, size: int) -> Batch:
+        # no input length gives exactly T5_TARGET targets (t5_lengths: 130..136 -> 31, 137 -> 33), so the
+        # targets are padded at the end: labels -100 there, decoder inputs <start> + targets[:-1] with <pad>
+        batch = make(first, size)
+        targets = F.pad(batch["targets"], (0, T5_TARGET - objective.target_len), value=IGNORE)
+        decoder_inputs = torch.cat([batch["decoder_input_ids"][:, :1], targets[:, :-1]], dim=1)
+        return {
+            "input_ids": batch["input_ids"],
+            "decoder_input_ids": decoder_inputs.masked_fill(decoder_inputs == IGNORE, pad),
+            "targets": targets,
+        }
+
+    def new_models():
+        hf_config = transformers.T5Config(
+            vocab_size=VOCAB,
+            d_model=D_MODEL,
+            d_kv=D_KV,
+            d_ff=D_FF,
+            num_layers=LAYERS,
+            num_decoder_layers=LAYERS,
+            num_heads=HEADS,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            dropout_rate=0.0,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            decoder_start_token_id=pad,
+            pad_token_id=pad,
+            eos_token_id=shards.tokenizer.token_to_id("</s>"),
+        )
+        torch.manual_seed(0)
+        theirs = transformers.T5ForConditionalGeneration(hf_config)
+        return theirs, *copy_init("t5", theirs, EncoderDecoder)
+
+    def flops(ours, config):
+        # 6N per token for each stack's weights over its own tokens, plus attention's 12·d per (query, key)
+        # pair and layer (PaLM's count, as flops_per_token): encoder self, decoder self and cross
+        attn = 12 * HEADS * D_KV
+        return 6 * (
+            count_params(ours.encoder, embeddings=False) * SEQ
+            + count_params(ours.decoder, embeddings=False) * T5_TARGET
+        ) + attn * LAYERS * (SEQ * SEQ + T5_TARGET * T5_TARGET + T5_TARGET * SEQ)
+
+    return Contest(
+        title=f"T5 v1.0 vs T5ForConditionalGeneration: {LAYERS}+{LAYERS} layers, d_model {D_MODEL}, {HEADS} heads "
+        f"x d_kv {D_KV}, d_ff {D_FF} ReLU, vocab {VOCAB}, tied, buckets 32/128, input {SEQ}, target {T5_TARGET}, "
+        f"batch {BATCH}",
+        about=[
+            "span corruption (density 0.15, mean span 3) on Shakespeare, Unigram 8192; tok/s counts input + target",
+            f"target length: {objective.window} raw tokens give {SEQ} inputs and {objective.target_len} targets; "
+            f"targets padded to {T5_TARGET} (labels -100 on the padding, decoder inputs <start> + targets[:-1])",
+        ],
+        new_models=new_models,
+        ours_loss=lambda m, b: m(
+            input_ids=b["input_ids"], decoder_input_ids=b["decoder_input_ids"], targets=b["targets"]
+        )[1],
+        theirs_loss=lambda m, b: (
+            m(input_ids=b["input_ids"], decoder_input_ids=b["decoder_input_ids"], labels=b["targets"]).loss
+        ),
+        batches=batches,
+        tokens_per_example=SEQ + T5_TARGET,
+        flops_per_example=flops,
+    )
+
+
+CONTESTS = {"gpt": gpt, "bert": bert, "t5": t5}
+
+
+def step_fn(model: nn.Module, loss_of, precision: str):
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
-    def step(x, y):
-        if not hf:  # HF predicts token t+1 for t < seq-1 only; give ours exactly the same targets
-            y = y.clone()
-            y[:, -1] = -100
+    def step(batch: Batch) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(input_ids=x, labels=x).loss if hf else model(x, y)[1]
+            loss = loss_of(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -66,48 +246,50 @@ def step_fn(model, hf: bool, precision: str):
     return step
 
 
-def run(precision: str, rounds: int, steps_per_round: int, windows: TokenWindows) -> None:
-    ours, theirs, config = make_models()
+def run(name: str, contest: Contest, precision: str, rounds: int, steps_per_round: int) -> tuple[float, float]:
+    """Print one family's match at one precision; return the median tokens/s (ours, theirs)."""
+    theirs, ours, config = contest.new_models()
     contenders = {
-        "pretrainer": step_fn(ours.train(), False, precision),
-        "transformers": step_fn(theirs.train(), True, precision),
+        "pretrainer": step_fn(ours.train(), contest.ours_loss, precision),
+        "transformers": step_fn(theirs.train(), contest.theirs_loss, precision),
     }
     rates = {name: [] for name in contenders}
     losses = {name: [] for name in contenders}
-    warm = windows.batch(0, BATCH)
+    warm = contest.batches(0, BATCH)
     for step in contenders.values():  # warm-up: allocator, oneDNN primitives, optimizer state
-        step(*warm)
+        step(warm)
     sample = BATCH
     for r in range(rounds):
-        batches = [windows.batch(sample + i * BATCH, BATCH) for i in range(steps_per_round)]
+        batches = [contest.batches(sample + i * BATCH, BATCH) for i in range(steps_per_round)]
         sample += steps_per_round * BATCH
-        for name, step in sorted(contenders.items(), reverse=r % 2 == 1):  # alternate who goes first
+        for who, step in sorted(contenders.items(), reverse=r % 2 == 1):  # alternate who goes first
             start = time.perf_counter()
-            losses[name] += [step(x, y) for x, y in batches]
-            rates[name].append(steps_per_round * BATCH * SEQ / (time.perf_counter() - start))
+            losses[who] += [step(b) for b in batches]
+            rates[who].append(steps_per_round * BATCH * contest.tokens_per_example / (time.perf_counter() - start))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    fpt = flops_per_token(config, count_params(ours, embeddings=False), SEQ)
+    fpt = contest.flops_per_example(ours, config) / contest.tokens_per_example
     peak = peak_flops(torch.device("cpu"), dtype)
-    print(
-        f"\n[{precision}] {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, vocab {VOCAB}, "
-        f"seq {SEQ}, batch {BATCH}; {rounds} rounds x {steps_per_round} steps"
-    )
+    print(f"\n[{name} {precision}] {contest.title}; {rounds} rounds x {steps_per_round} steps")
+    for line in contest.about:
+        print(f"  {line}")
     print(f"  ceiling: measured {precision} matmul {peak / 1e9:.0f} GFLOP/s; {fpt / 1e6:.1f} MFLOP/token")
-    median = {name: statistics.median(r) for name, r in rates.items()}
-    for name in ("pretrainer", "transformers"):
+    median = {who: statistics.median(r) for who, r in rates.items()}
+    for who in ("pretrainer", "transformers"):
         print(
-            f"  {name:13s} {median[name]:9,.0f} tok/s   MFU {median[name] * fpt / peak:6.1%}   "
-            f"loss first {losses[name][0]:.3f} last-10 mean {statistics.mean(losses[name][-10:]):.4f}"
+            f"  {who:13s} {median[who]:9,.0f} tok/s   MFU {median[who] * fpt / peak:6.1%}   "
+            f"loss first {losses[who][0]:.3f} last-10 mean {statistics.mean(losses[who][-10:]):.4f}"
         )
     gap = max(abs(a - b) for a, b in zip(losses["pretrainer"], losses["transformers"], strict=True))
     print(
         f"  ratio pretrainer/transformers: {median['pretrainer'] / median['transformers']:.2f}x   "
         f"max |loss difference| over {len(losses['pretrainer'])} steps: {gap:.4f}"
     )
+    return median["pretrainer"], median["transformers"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list(CONTESTS), choices=list(CONTESTS))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=5)
@@ -117,11 +299,19 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}, {threads} threads")
-    shards = prepare(DataConfig(source="shakespeare", tokenizer="bpe", vocab_size=VOCAB))
-    windows = TokenWindows(shards.tokens("train"), SEQ, seed=0)
     for precision in args.precision:
         measured_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
-        run(precision, args.rounds, args.steps_per_round, windows)
+    results = []
+    for name in args.models:
+        contest = CONTESTS[name]()
+        for precision in args.precision:
+            ours, theirs = run(name, contest, precision, args.rounds, args.steps_per_round)
+            results.append((name, precision, ours, theirs))
+    print(f"\n{'model':5s}  {'precision':9s}  {'ours tok/s':>10s}  {'HF tok/s':>10s}  {'ratio':>6s}  target")
+    for name, precision, ours, theirs in results:
+        ratio, target = ours / theirs, TARGETS[precision]
+        met = "met" if ratio >= target else "missed"
+        print(f"{name:5s}  {precision:9s}  {ours:10,.0f}  {theirs:10,.0f}  {ratio:5.2f}x  >= {target:.2f}x {met}")
 
 
 if __name__ == "__main__":

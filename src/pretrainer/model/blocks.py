@@ -178,13 +178,11 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
-        if x.device.type == "cpu" and q.dtype == torch.bfloat16:
+        if x.device.type == "cpu" and q.dtype == torch.bfloat16 and position_bias is None:
             # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
             # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach
             with torch.autocast("cpu", enabled=False):
-                q, k, v = q.float(), k.float(), v.float()
-                bias = position_bias.float() if position_bias is not None else None
-                y = self._attend(q, k, v, key_padding_mask, bias, dropout)
+                y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout)
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, q_size))
@@ -195,9 +193,18 @@ class Attention(nn.Module):
             # the same rule as attention_mask, on SDPA's fused causal path
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale)
         mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=q.device)
-        if position_bias is not None:  # T5: the bias is the mask, with -inf where a key may not be seen
-            mask = position_bias if mask is None else position_bias.masked_fill(~mask, float("-inf"))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
+        if position_bias is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
+        # T5's learned bias needs a gradient, so SDPA would take its unfused path with extra passes for fully
+        # masked rows; written out, the products stay in the compute dtype and only the softmax is fp32
+        scores = q @ k.transpose(-1, -2)
+        if self.scale != 1.0:
+            scores = scores * (self.scale or q.shape[-1] ** -0.5)
+        scores = scores.float() + position_bias
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), dropout).to(v.dtype)
+        return weights @ v
 
 
 def activate(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -285,12 +292,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             t = targets[start : start + chunk]
             valid = t != -100
             t = t.clamp(min=0)
-            logits = (h_all[start : start + chunk] @ w.t()).float()
+            logits = h_all[start : start + chunk] @ w.t()
             if bias is not None:
-                logits += bias
-            lse = logits.logsumexp(dim=-1)
-            total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * valid).sum()
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                logits = logits + bias
+            log_probs = logits.log_softmax(dim=-1, dtype=torch.float32)
+            total -= (log_probs.gather(1, t[:, None]).squeeze(1) * valid).sum()
+            grad = log_probs.exp_()  # softmax, in place
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
             grad *= (valid / n_valid)[:, None]
             grad_logits[start : start + chunk] = grad
@@ -314,7 +321,7 @@ def linear_cross_entropy(
     without storing the fp32 N x V logits. Under autocast the matmuls run in the autocast dtype."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    chunk = max(16, (1 << 20) // weight.shape[0])  # ~4 MB of fp32 logits per chunk
+    chunk = max(16, (1 << 22) // weight.shape[0])  # ~16 MB of fp32 logits per chunk
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)

@@ -78,7 +78,7 @@ class CharTokenizer:
     def encode(self, text):
         return self._Enc([ord(c) % 97 for c in text])
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(65 + i % 26) for i in ids)
 
     def token_to_id(self, token):

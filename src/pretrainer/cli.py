@@ -60,7 +60,7 @@ def cmd_generate(args) -> None:
             top_p=args.top_p,
             seed=seed,
         )
-        print(args.prompt + text)
+        print(text if model.config.arch == "encoder_decoder" else args.prompt + text)
         if i + 1 < args.num_samples:
             print("-" * 40)
 

@@ -112,16 +112,19 @@ def generate_text(
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    skip = 1 if model.config.arch == "encoder_decoder" else len(ids)  # the start token, or the prompt
+    seq2seq = model.config.arch == "encoder_decoder"
+    skip = 1 if seq2seq else len(ids)  # the start token, or the prompt
+    eos = [i for i in map(tokenizer.token_to_id, END_OF_TEXT) if i is not None]
 
     def continuation(tokens: torch.Tensor) -> str:
-        return tokenizer.decode(tokens[0, skip:].tolist())
+        out = [i for i in tokens[0, skip:].tolist() if i not in eos]
+        # a span-corruption model answers in sentinels (<extra_id_0> ...): show them
+        return tokenizer.decode(out, skip_special_tokens=not seq2seq)
 
     def hit_stop(tokens: torch.Tensor) -> bool:
         text = continuation(tokens)
         return any(s in text for s in stop)
 
-    eos = [i for i in map(tokenizer.token_to_id, END_OF_TEXT) if i is not None]
     out = generate(model, idx, max_new_tokens, stop_ids=eos, should_stop=hit_stop if stop else None, **sampling)
     text = continuation(out)
     for s in stop:

@@ -9,4 +9,6 @@ ARCHITECTURES = {"decoder": Decoder, "encoder": Encoder, "encoder_decoder": Enco
 
 def build_model(config):
     """The model a ModelConfig describes."""
+    if config.vocab_size is None:
+        raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
     return ARCHITECTURES[config.arch](config)

@@ -16,8 +16,6 @@ from .blocks import Block, KVCache, Rotary, init_weights, linear_cross_entropy, 
 class Decoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size is None:
-            raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None

@@ -67,8 +67,6 @@ class Stack(nn.Module):
 class EncoderDecoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size is None:
-            raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # shared by encoder and decoder
         self.encoder = Stack(config, config.n_layer, causal=False)

@@ -203,7 +203,10 @@ class Attention(nn.Module):
         scores = scores.float() + position_bias
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        weights = F.dropout(scores.softmax(dim=-1), dropout).to(v.dtype)
+        weights = scores.softmax(dim=-1)
+        if dropout:
+            weights = F.dropout(weights, dropout)
+        weights = weights.to(v.dtype)
         return weights @ v
 
 
@@ -230,6 +233,8 @@ class MLP(nn.Module):
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             return self.proj(activate(gate, self.activation) * up)
+        if self.activation == "relu":  # in place: fc's backward does not need its output, relu's needs only it
+            return self.proj(h.relu_())
         return self.proj(activate(h, self.activation))
 
 

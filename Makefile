@@ -2,13 +2,12 @@
 # instead of downloading a multi-GB CUDA one.
 VENV := .venv
 PY := $(VENV)/bin/python
-TORCH_VERSION := 2.13.0
 
 .PHONY: demo test bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e .[dev]
 	touch $@
 

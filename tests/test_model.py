@@ -3,7 +3,7 @@ import torch
 
 from pretrainer.config import ModelConfig
 from pretrainer.model import Decoder
-from pretrainer.model.blocks import attention_mask, linear_cross_entropy
+from pretrainer.model.blocks import RMSNorm, attention_mask, linear_cross_entropy
 from pretrainer.model.generate import generate_text
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
@@ -111,3 +111,21 @@ def test_linear_cross_entropy_equals_cross_entropy(autocast):
     assert abs(expected.item() - got.item()) < tol * expected.item() and abs(got.item() - got_eval.item()) < 1e-5
     for e, g in zip(grads_expected, grads_got, strict=True):
         assert (2.0 * e - g).abs().max() < tol
+
+
+def test_rms_norm_gradients_equal_torch_rms_norm():
+    torch.manual_seed(0)
+    ours = RMSNorm(16, eps=1e-6).double()
+    with torch.no_grad():
+        ours.weight.normal_(1.0, 0.5)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, 16, dtype=torch.float64)
+    got = ours(x)
+    grads_got = torch.autograd.grad(got, (x, ours.weight), upstream)
+    expected = torch.nn.functional.rms_norm(x, (16,), ours.weight, 1e-6)
+    grads_expected = torch.autograd.grad(expected, (x, ours.weight), upstream)
+    assert torch.allclose(got, expected, atol=1e-12)
+    for e, g in zip(grads_expected, grads_got, strict=True):
+        assert torch.allclose(e, g, atol=1e-10)
+    with torch.no_grad():  # inference takes torch's path
+        assert torch.allclose(ours(x), expected, atol=1e-12)

@@ -42,8 +42,40 @@ def attention_mask(
 
 def norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        return RMSNorm(config.d_model, eps=config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """x / rms(x) * weight over the last dim, with its gradient written out. On CPU torch's rms_norm is a
+    composite of small ops whose autograd graph makes ~3x more passes over memory than this (2.4 vs 1.2 ms
+    forward+backward for 2048 x 256 fp32; fused layer_norm takes 0.5)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        normed = x * rstd
+        ctx.save_for_backward(normed, weight, rstd)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        normed, weight, rstd = ctx.saved_tensors
+        grad_times_normed = grad * normed
+        grad_weight = grad_times_normed.flatten(0, -2).sum(0)
+        # d/dx of x * rstd(x): rstd * (g w - normed * mean(g w normed)), the mean as one matrix-vector product
+        mean = (grad_times_normed @ weight).unsqueeze_(-1).div_(normed.shape[-1])
+        grad_x = (grad * weight).addcmul_(normed, mean, value=-1).mul_(rstd)
+        return grad_x, grad_weight, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameter, same numbers) that trains through `_RMSNorm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _RMSNorm.apply(x, self.weight, self.eps)
+        return super().forward(x)
 
 
 class Rotary(nn.Module):
@@ -200,9 +232,9 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-1, -2)
         if self.scale != 1.0:
             scores = scores * (self.scale or q.shape[-1] ** -0.5)
-        scores = scores.float() + position_bias
+        scores = scores.float().add_(position_bias)  # in place: no backward here needs the raw products
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)
         if dropout:
             weights = F.dropout(weights, dropout)

@@ -336,8 +336,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total -= (log_probs.gather(1, t[:, None]).squeeze(1) * valid).sum()
             grad = log_probs.exp_()  # softmax, in place
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
-            grad *= (valid / n_valid)[:, None]
-            grad_logits[start : start + chunk] = grad
+            torch.mul(grad, (valid / n_valid)[:, None], out=grad_logits[start : start + chunk])
         grad_hidden = (grad_logits @ w).to(hidden.dtype)
         grad_weight = (grad_logits.t() @ h_all).to(weight.dtype)
         grad_bias = grad_logits.float().sum(0).to(bias.dtype) if bias is not None else None

@@ -357,7 +357,10 @@ def linear_cross_entropy(
     without storing the fp32 N x V logits. Under autocast the matmuls run in the autocast dtype."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    chunk = max(16, (1 << 22) // weight.shape[0])  # ~16 MB of fp32 logits per chunk
+    # ~4 MB of fp32 logits per chunk (it stays in cache), at least 64 rows (or the GEMMs slow down); measured
+    # here, forward+backward: 8192 words, 512 x 256 hidden: 128 rows 16% faster than 512 in fp32, 36% in bf16;
+    # 50k words: 64 rows 25% faster than 16 in fp32
+    chunk = max(64, (1 << 20) // weight.shape[0])
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)

@@ -7,7 +7,14 @@ import torch
 
 from pretrainer.config import ModelConfig
 from pretrainer.model import build_model
-from pretrainer.model.hf import ConversionError, config_from_hf, export_hf, import_hf, state_dict_from_hf
+from pretrainer.model.hf import (
+    ConversionError,
+    config_from_hf,
+    config_to_hf,
+    export_hf,
+    import_hf,
+    state_dict_from_hf,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,3 +178,15 @@ def test_not_every_model_fits_a_family():
     pre_ln_bert = ModelConfig(**{**OURS["bert"].__dict__, "norm_position": "pre"})
     with pytest.raises(ConversionError, match="cannot be exported as bert: it needs post-LayerNorm"):
         export_hf(build_model(pre_ln_bert), None, "/nonexistent/never-written")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "t5-v1.0"])
+def test_config_round_trip(name):
+    """transformers config -> ours -> transformers config -> ours: the same config, and their keys kept."""
+    hf = hf_configs()[name].to_dict()
+    ours = config_from_hf(hf)
+    exported = config_to_hf(ours)
+    assert config_from_hf(exported) == ours
+    for key, value in exported.items():  # every shape key we write says what their config says
+        if hf.get(key) is not None and not key.endswith("_token_id"):  # None: their default, which we spell out
+            assert hf[key] == value, key

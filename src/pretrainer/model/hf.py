@@ -6,6 +6,7 @@ export. `transformers` itself is imported only to read GGUF files; the training 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,83 +44,125 @@ def _rope_theta(hf: dict) -> float:
     return float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 
 
+# Config fields that are plain renames, per family: our ModelConfig field -> their config.json key. Read one
+# way to import, the other to export; what needs a conversion is written out beside it below.
+_CONFIG_KEYS = {
+    "gpt2": {
+        "n_layer": "n_layer",
+        "n_head": "n_head",
+        "d_model": "n_embd",
+        "d_ff": "n_inner",
+        "max_seq_len": "n_positions",
+        "norm_eps": "layer_norm_epsilon",
+    },
+    "llama": {
+        "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads",
+        "n_kv_head": "num_key_value_heads",
+        "head_dim": "head_dim",
+        "d_model": "hidden_size",
+        "d_ff": "intermediate_size",
+        "max_seq_len": "max_position_embeddings",
+        "norm_eps": "rms_norm_eps",
+    },
+    "bert": {
+        "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads",
+        "d_model": "hidden_size",
+        "d_ff": "intermediate_size",
+        "max_seq_len": "max_position_embeddings",
+        "norm_eps": "layer_norm_eps",
+    },
+    "t5": {
+        "n_layer": "num_layers",
+        "n_decoder_layer": "num_decoder_layers",
+        "n_head": "num_heads",
+        "head_dim": "d_kv",
+        "d_model": "d_model",
+        "d_ff": "d_ff",
+        "relative_buckets": "relative_attention_num_buckets",
+        "relative_max_distance": "relative_attention_max_distance",
+        "norm_eps": "layer_norm_epsilon",
+    },
+}
+# transformers' defaults for the keys above (and the activation) that a config.json may leave out
+_CONFIG_DEFAULTS = {
+    "gpt2": {"n_inner": None, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"},
+    "llama": {"num_key_value_heads": None, "head_dim": None, "rms_norm_eps": 1e-6, "hidden_act": "silu"},
+    "bert": {"layer_norm_eps": 1e-12},
+    "t5": {
+        "num_decoder_layers": None,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "relu",
+    },
+}
+
+
+def _sizes_spelled_out(c: ModelConfig) -> ModelConfig:
+    """Our None sizes mean "the usual one"; their configs spell them out, and so do we on both ways."""
+    return dataclasses.replace(
+        c,
+        d_ff=c.d_ff or 4 * c.d_model,
+        head_dim=c.head_dim or c.d_model // c.n_head,
+        n_kv_head=c.n_kv_head or c.n_head,
+        n_decoder_layer=(c.n_decoder_layer or c.n_layer) if c.arch == "encoder_decoder" else c.n_decoder_layer,
+    )
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     """Our ModelConfig for a `transformers` config.json (as a dict)."""
     kind = hf.get("model_type")
+    if kind not in _CONFIG_KEYS:
+        raise _unsupported(kind)
+    hf = _CONFIG_DEFAULTS[kind] | hf
+    renamed = {ours: hf[theirs] for ours, theirs in _CONFIG_KEYS[kind].items()}
+    renamed["vocab_size"] = hf["vocab_size"]
     if kind == "gpt2":
-        return ModelConfig(
+        config = ModelConfig(
             arch="decoder",
-            vocab_size=hf["vocab_size"],
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            d_model=hf["n_embd"],
-            d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
-            max_seq_len=hf["n_positions"],
+            **renamed,
             positions="learned",
             norm="layernorm",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            activation=_HF_ACT[hf.get("activation_function", "gelu_new")],
+            activation=_HF_ACT[hf["activation_function"]],
             bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", True),
         )
-    if kind == "llama":
-        return ModelConfig(
+    elif kind == "llama":
+        config = ModelConfig(
             arch="decoder",
-            vocab_size=hf["vocab_size"],
-            n_layer=hf["num_hidden_layers"],
-            n_head=hf["num_attention_heads"],
-            n_kv_head=hf.get("num_key_value_heads"),
-            head_dim=hf.get("head_dim"),
-            d_model=hf["hidden_size"],
-            d_ff=hf["intermediate_size"],
-            max_seq_len=hf["max_position_embeddings"],
+            **renamed,
             positions="rope",
             rope_theta=_rope_theta(hf),
             norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            activation=_HF_ACT[hf.get("hidden_act", "silu")],
+            activation=_HF_ACT[hf["hidden_act"]],
             gated_mlp=True,
             bias=False,
             tie_embeddings=hf.get("tie_word_embeddings", False),
         )
-    if kind == "bert":
-        return ModelConfig(
+    elif kind == "bert":
+        config = ModelConfig(
             arch="encoder",
-            vocab_size=hf["vocab_size"],
-            n_layer=hf["num_hidden_layers"],
-            n_head=hf["num_attention_heads"],
-            d_model=hf["hidden_size"],
-            d_ff=hf["intermediate_size"],
-            max_seq_len=hf["max_position_embeddings"],
+            **renamed,
             positions="learned",
             norm="layernorm",
-            norm_eps=hf.get("layer_norm_eps", 1e-12),
             norm_position="post",
             activation=_HF_ACT[hf["hidden_act"]],
             bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", True),
             type_vocab_size=hf.get("type_vocab_size", 2),
         )
-    if kind == "t5":
-        gated = hf.get("feed_forward_proj", "relu").startswith("gated-")
-        act = hf.get("feed_forward_proj", "relu").removeprefix("gated-")
-        return ModelConfig(
+    else:
+        act = hf["feed_forward_proj"].removeprefix("gated-")
+        config = ModelConfig(
             arch="encoder_decoder",
-            vocab_size=hf["vocab_size"],
-            n_layer=hf["num_layers"],
-            n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"],
-            n_head=hf["num_heads"],
-            head_dim=hf["d_kv"],
-            d_model=hf["d_model"],
-            d_ff=hf["d_ff"],
+            **renamed,
             max_seq_len=hf.get("n_positions") or 512,
             positions="relative",
-            relative_buckets=hf.get("relative_attention_num_buckets", 32),
-            relative_max_distance=hf.get("relative_attention_max_distance", 128),
             norm="rmsnorm",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-6),
             activation=_HF_ACT["gelu_new" if act == "gelu" else act],
-            gated_mlp=gated,
+            gated_mlp=hf["feed_forward_proj"].startswith("gated-"),
             bias=False,
             scale_attention=False,
             tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -127,7 +170,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             head_scale=hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)),
             decoder_start_id=hf.get("decoder_start_token_id") or 0,
         )
-    raise _unsupported(kind)
+    return _sizes_spelled_out(config)
 
 
 def family_of(config: ModelConfig) -> str:
@@ -167,65 +210,32 @@ def family_of(config: ModelConfig) -> str:
 
 def config_to_hf(config: ModelConfig) -> dict:
     """A `transformers` config.json (as a dict) for our ModelConfig."""
-    c = config
-    family = family_of(c)
-    d_ff = c.d_ff or 4 * c.d_model
+    family = family_of(config)
+    c = _sizes_spelled_out(config)
     act = {v: k for k, v in _HF_ACT.items() if k != "gelu_pytorch_tanh"}[c.activation]
-    common = {
+    hf = {
         "model_type": family,
         "architectures": [ARCHITECTURES[family]],
         "vocab_size": c.vocab_size,
         "tie_word_embeddings": c.tie_embeddings,
-    }
+    } | {theirs: getattr(c, ours) for ours, theirs in _CONFIG_KEYS[family].items()}
     if family == "gpt2":
-        return common | {
-            "n_layer": c.n_layer,
-            "n_head": c.n_head,
-            "n_embd": c.d_model,
-            "n_inner": d_ff,
-            "n_positions": c.max_seq_len,
-            "layer_norm_epsilon": c.norm_eps,
+        return hf | {
             "activation_function": act,
             "resid_pdrop": c.dropout,
             "embd_pdrop": c.dropout,
             "attn_pdrop": c.dropout,
         }
     if family == "llama":
-        return common | {
-            "num_hidden_layers": c.n_layer,
-            "num_attention_heads": c.n_head,
-            "num_key_value_heads": c.n_kv_head or c.n_head,
-            "head_dim": c.head_dim or c.d_model // c.n_head,
-            "hidden_size": c.d_model,
-            "intermediate_size": d_ff,
-            "max_position_embeddings": c.max_seq_len,
-            "rope_theta": c.rope_theta,
-            "rms_norm_eps": c.norm_eps,
-            "hidden_act": act,
-        }
+        return hf | {"rope_theta": c.rope_theta, "hidden_act": act}
     if family == "bert":
-        return common | {
-            "num_hidden_layers": c.n_layer,
-            "num_attention_heads": c.n_head,
-            "hidden_size": c.d_model,
-            "intermediate_size": d_ff,
-            "max_position_embeddings": c.max_seq_len,
-            "layer_norm_eps": c.norm_eps,
+        return hf | {
             "hidden_act": act,
             "type_vocab_size": max(c.type_vocab_size, 1),
             "hidden_dropout_prob": c.dropout,
             "attention_probs_dropout_prob": c.dropout,
         }
-    return common | {
-        "num_layers": c.n_layer,
-        "num_decoder_layers": c.n_decoder_layer or c.n_layer,
-        "num_heads": c.n_head,
-        "d_kv": c.head_dim or c.d_model // c.n_head,
-        "d_model": c.d_model,
-        "d_ff": d_ff,
-        "relative_attention_num_buckets": c.relative_buckets,
-        "relative_attention_max_distance": c.relative_max_distance,
-        "layer_norm_epsilon": c.norm_eps,
+    return hf | {
         "feed_forward_proj": ("gated-gelu" if c.gated_mlp else act),
         "scale_decoder_outputs": c.head_scale,
         "decoder_start_token_id": c.decoder_start_id,

@@ -1,7 +1,8 @@
 """Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT and T5.
 
-Each family is a config translation plus one key table, read left to right to import and right to left to
-export. `transformers` itself is imported only to read GGUF files; the training path never needs it.
+Each family is data, read one way to import and the other to export: the config fields it fixes, its
+config.json key names, and one table of tensor keys. `transformers` itself is imported only to read GGUF
+files; the training path never needs it.
 """
 
 from __future__ import annotations
@@ -44,8 +45,28 @@ def _rope_theta(hf: dict) -> float:
     return float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 
 
-# Config fields that are plain renames, per family: our ModelConfig field -> their config.json key. Read one
-# way to import, the other to export; what needs a conversion is written out beside it below.
+# What each family fixes in our ModelConfig: set on import, required on export.
+_FAMILY_FIELDS = {
+    "gpt2": dict(
+        arch="decoder", positions="learned", norm="layernorm", norm_position="pre", gated_mlp=False, bias=True
+    ),
+    "llama": dict(arch="decoder", positions="rope", norm="rmsnorm", norm_position="pre", gated_mlp=True, bias=False),
+    "bert": dict(
+        arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False, bias=True
+    ),
+    "t5": dict(
+        arch="encoder_decoder",
+        positions="relative",
+        norm="rmsnorm",
+        norm_position="pre",
+        bias=False,
+        scale_attention=False,
+        tie_embeddings=True,  # transformers 5 always ties T5's head
+    ),
+}
+# Config fields that are plain renames: our ModelConfig field -> their config.json key, common to all families,
+# then per family. Read one way to import, the other to export; conversions are written out in the functions.
+_COMMON_KEYS = {"vocab_size": "vocab_size", "tie_embeddings": "tie_word_embeddings"}
 _CONFIG_KEYS = {
     "gpt2": {
         "n_layer": "n_layer",
@@ -85,12 +106,30 @@ _CONFIG_KEYS = {
         "norm_eps": "layer_norm_epsilon",
     },
 }
-# transformers' defaults for the keys above (and the activation) that a config.json may leave out
+_ACTIVATION_KEY = {
+    "gpt2": "activation_function",
+    "llama": "hidden_act",
+    "bert": "hidden_act",
+    "t5": "feed_forward_proj",  # "relu", "gelu" or "gated-gelu" (T5 v1.1), ...
+}
+# transformers' defaults for the keys above that a config.json may leave out
 _CONFIG_DEFAULTS = {
-    "gpt2": {"n_inner": None, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"},
-    "llama": {"num_key_value_heads": None, "head_dim": None, "rms_norm_eps": 1e-6, "hidden_act": "silu"},
-    "bert": {"layer_norm_eps": 1e-12},
+    "gpt2": {
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+    },
+    "llama": {
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+    },
+    "bert": {"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2},
     "t5": {
+        "tie_word_embeddings": True,
         "num_decoder_layers": None,
         "relative_attention_num_buckets": 32,
         "relative_attention_max_distance": 128,
@@ -117,95 +156,41 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if kind not in _CONFIG_KEYS:
         raise _unsupported(kind)
     hf = _CONFIG_DEFAULTS[kind] | hf
-    renamed = {ours: hf[theirs] for ours, theirs in _CONFIG_KEYS[kind].items()}
-    renamed["vocab_size"] = hf["vocab_size"]
-    if kind == "gpt2":
-        config = ModelConfig(
-            arch="decoder",
-            **renamed,
-            positions="learned",
-            norm="layernorm",
-            activation=_HF_ACT[hf["activation_function"]],
-            bias=True,
-            tie_embeddings=hf.get("tie_word_embeddings", True),
-        )
-    elif kind == "llama":
-        config = ModelConfig(
-            arch="decoder",
-            **renamed,
-            positions="rope",
-            rope_theta=_rope_theta(hf),
-            norm="rmsnorm",
-            activation=_HF_ACT[hf["hidden_act"]],
-            gated_mlp=True,
-            bias=False,
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-        )
+    fields = _FAMILY_FIELDS[kind] | {ours: hf[theirs] for ours, theirs in (_COMMON_KEYS | _CONFIG_KEYS[kind]).items()}
+    activation = hf[_ACTIVATION_KEY[kind]]
+    if kind == "llama":
+        fields["rope_theta"] = _rope_theta(hf)
     elif kind == "bert":
-        config = ModelConfig(
-            arch="encoder",
-            **renamed,
-            positions="learned",
-            norm="layernorm",
-            norm_position="post",
-            activation=_HF_ACT[hf["hidden_act"]],
-            bias=True,
-            tie_embeddings=hf.get("tie_word_embeddings", True),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-        )
-    else:
-        act = hf["feed_forward_proj"].removeprefix("gated-")
-        config = ModelConfig(
-            arch="encoder_decoder",
-            **renamed,
-            max_seq_len=hf.get("n_positions") or 512,
-            positions="relative",
-            norm="rmsnorm",
-            activation=_HF_ACT["gelu_new" if act == "gelu" else act],
+        fields["type_vocab_size"] = hf["type_vocab_size"]
+    elif kind == "t5":
+        activation = activation.removeprefix("gated-")
+        activation = "gelu_new" if activation == "gelu" else activation  # T5's GELU is the tanh one
+        fields |= dict(
             gated_mlp=hf["feed_forward_proj"].startswith("gated-"),
-            bias=False,
-            scale_attention=False,
-            tie_embeddings=hf.get("tie_word_embeddings", True),
+            max_seq_len=hf.get("n_positions") or 512,
             # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
-            head_scale=hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)),
+            head_scale=hf.get("scale_decoder_outputs", hf["tie_word_embeddings"]),
             decoder_start_id=hf.get("decoder_start_token_id") or 0,
         )
-    return _sizes_spelled_out(config)
+    return _sizes_spelled_out(ModelConfig(**fields, activation=_HF_ACT[activation]))
 
 
 def family_of(config: ModelConfig) -> str:
     """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
     c = config
-
-    def need(ok: bool, family: str, what: str):
-        if not ok:
-            raise ConversionError(f"this {c.arch} model cannot be exported as {family}: it needs {what}")
-
-    if c.arch == "decoder" and c.positions == "learned":
-        need(c.norm == "layernorm" and c.norm_position == "pre" and c.bias, "gpt2", "pre-LayerNorm with biases")
-        need(not c.gated_mlp and c.activation in ("gelu", "gelu_tanh", "relu"), "gpt2", "a plain GELU/ReLU MLP")
-        need(
-            (c.n_kv_head or c.n_head) == c.n_head and (c.head_dim or c.d_model // c.n_head) * c.n_head == c.d_model,
-            "gpt2",
-            "n_kv_head == n_head and head_dim == d_model / n_head",
-        )
-        return "gpt2"
-    if c.arch == "decoder" and c.positions == "rope":
-        need(c.norm == "rmsnorm" and not c.bias and c.gated_mlp, "llama", "RMSNorm, no biases and a gated MLP")
-        return "llama"
-    if c.arch == "encoder":
-        need(c.norm_position == "post" and c.norm == "layernorm" and c.bias, "bert", "post-LayerNorm with biases")
-        need(not c.gated_mlp, "bert", "a plain MLP")
-        return "bert"
-    if c.arch == "encoder_decoder":
-        need(
-            c.positions == "relative" and c.norm == "rmsnorm" and not c.bias and not c.scale_attention,
-            "t5",
-            "relative positions, RMSNorm, no biases and unscaled attention",
-        )
-        need(c.tie_embeddings, "t5", "a head tied to the embeddings (transformers 5 always ties T5's)")
-        return "t5"
-    raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
+    families = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "llama"}
+    family = {"encoder": "bert", "encoder_decoder": "t5"}.get(c.arch) or families.get((c.arch, c.positions))
+    if family is None:
+        raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
+    needs = [f"{k}={v!r}" for k, v in _FAMILY_FIELDS[family].items() if getattr(c, k) != v]
+    if family == "gpt2":
+        if c.activation not in ("gelu", "gelu_tanh", "relu"):
+            needs.append("a GELU or ReLU activation")
+        if (c.n_kv_head or c.n_head) != c.n_head or (c.head_dim or c.d_model // c.n_head) * c.n_head != c.d_model:
+            needs.append("n_kv_head == n_head and head_dim == d_model / n_head")
+    if needs:
+        raise ConversionError(f"this {c.arch} model cannot be exported as {family}: it needs {', '.join(needs)}")
+    return family
 
 
 def config_to_hf(config: ModelConfig) -> dict:
@@ -213,24 +198,15 @@ def config_to_hf(config: ModelConfig) -> dict:
     family = family_of(config)
     c = _sizes_spelled_out(config)
     act = {v: k for k, v in _HF_ACT.items() if k != "gelu_pytorch_tanh"}[c.activation]
-    hf = {
-        "model_type": family,
-        "architectures": [ARCHITECTURES[family]],
-        "vocab_size": c.vocab_size,
-        "tie_word_embeddings": c.tie_embeddings,
-    } | {theirs: getattr(c, ours) for ours, theirs in _CONFIG_KEYS[family].items()}
+    hf = {"model_type": family, "architectures": [ARCHITECTURES[family]]}
+    hf |= {theirs: getattr(c, ours) for ours, theirs in (_COMMON_KEYS | _CONFIG_KEYS[family]).items()}
+    hf[_ACTIVATION_KEY[family]] = act
     if family == "gpt2":
-        return hf | {
-            "activation_function": act,
-            "resid_pdrop": c.dropout,
-            "embd_pdrop": c.dropout,
-            "attn_pdrop": c.dropout,
-        }
+        return hf | {"resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout}
     if family == "llama":
-        return hf | {"rope_theta": c.rope_theta, "hidden_act": act}
+        return hf | {"rope_theta": c.rope_theta}
     if family == "bert":
         return hf | {
-            "hidden_act": act,
             "type_vocab_size": max(c.type_vocab_size, 1),
             "hidden_dropout_prob": c.dropout,
             "attention_probs_dropout_prob": c.dropout,

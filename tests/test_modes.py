@@ -103,3 +103,15 @@ def test_t5_cached_equals_uncached(sampling):
     cached = t5.generate(x, 30, padding_mask=pad, **sampling)
     plain = t5.generate(x, 30, padding_mask=pad, use_cache=False, **sampling)
     assert cached.shape == (2, 31) and torch.equal(cached, plain) and (cached[:, 0] == 0).all()
+
+
+def test_t5_cache_projects_the_encoder_output_once():
+    """While decoding with a cache, each layer's cross-attention keys and values of the encoder output are
+    computed at the first step and reused: one projection per layer, not one per layer and step."""
+    torch.manual_seed(0)
+    t5 = build_model(ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", **SMALL)).eval()
+    calls = []
+    for block in t5.decoder.blocks:
+        block.cross_attn.kv.register_forward_hook(lambda *_: calls.append(1))
+    out = t5.generate(torch.randint(5, 97, (2, 12)), 10, temperature=0)
+    assert out.shape == (2, 11) and len(calls) == len(t5.decoder.blocks)

@@ -105,12 +105,15 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """Keys and values of past positions for one attention layer, preallocated to the model's length."""
+    """Keys and values of past positions for one layer's self-attention, preallocated to the model's length;
+    in an encoder-decoder's decoder also the cross-attention's keys and values of the encoder output, which
+    stay the same at every step (so a cache serves one encoder output)."""
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype):
         self.k = torch.empty(batch, n_kv_head, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.empty_like(self.k)
         self.length = 0
+        self.memory: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def for_layers(
@@ -202,16 +205,16 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
-            q = self.q(x)
-            k, v = self.kv(memory).split([kv_size, kv_size], -1)
+            q = self._heads(self.q(x), self.n_head)
+            k, v = self._memory_keys_values(memory, cache)
         else:
             q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], -1)
-        q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
-        start = cache.length if cache is not None else 0
-        if rotary is not None:
-            q, k = rotary(q, start), rotary(k, start)
-        if cache is not None:
-            k, v = cache.append(k, v)
+            q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+            if rotary is not None:
+                start = cache.length if cache is not None else 0
+                q, k = rotary(q, start), rotary(k, start)
+            if cache is not None:
+                k, v = cache.append(k, v)
         if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves a group of q heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -224,6 +227,17 @@ class Attention(nn.Module):
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, q_size))
+
+    def _memory_keys_values(self, memory: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention's keys and values of `memory`; while decoding, projected at the first step only
+        (they are most of a step's work otherwise: every encoder position, in every layer)."""
+        if cache is not None and cache.memory is not None:
+            return cache.memory
+        k, v = self.kv(memory).split(self.n_kv_head * self.head_dim, -1)
+        keys_values = self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        if cache is not None:
+            cache.memory = keys_values
+        return keys_values
 
     def _attend(self, q, k, v, key_padding_mask, position_bias, dropout):
         t, kv_len = q.shape[-2], k.shape[-2]
@@ -302,7 +316,9 @@ class Block(nn.Module):
     ):
         x = self._residual(x, self.norm1, lambda h: self.attn(h, None, rotary, cache, key_padding_mask, position_bias))
         if memory is not None:
-            x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, memory, key_padding_mask=memory_mask))
+            x = self._residual(
+                x, self.norm_cross, lambda h: self.cross_attn(h, memory, cache=cache, key_padding_mask=memory_mask)
+            )
         return self._residual(x, self.norm2, self.mlp)
 
 

@@ -112,7 +112,7 @@ class EncoderDecoder(nn.Module):
         return self.lm_head(hidden), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
-        """Self-attention caches for the decoder's layers (cross-attention keys come from `memory`)."""
+        """Caches for the decoder's layers: self-attention keys and values, and cross-attention's of `memory`."""
         n_layer = self.config.n_decoder_layer or self.config.n_layer
         return KVCache.for_layers(self.config, n_layer, batch, length, self.tok_emb.weight)
 

@@ -52,9 +52,12 @@ class Contest:
     flops_per_example: Callable[[nn.Module, ModelConfig], float]  # training FLOPs, from our model
 
 
-def copy_init(family: str, theirs: nn.Module, build: Callable[[ModelConfig], nn.Module], absent=()):
-    """(ours, config): our model of `theirs`' config holding `theirs`' weights. Only tied head weights and the
-    parts `absent` (key prefixes of heads that `theirs` has not got) may stay uncopied."""
+def twins(family: str, theirs_class, hf_config, build: Callable[[ModelConfig], nn.Module], absent=()):
+    """(theirs, ours, our config): `theirs_class(hf_config)` with HF's init from seed 0, and our model of the
+    same config holding its weights. Only tied head weights and the parts `absent` (key prefixes of heads
+    that theirs has not got) may stay uncopied."""
+    torch.manual_seed(0)
+    theirs = theirs_class(hf_config)
     config = config_from_hf(theirs.config.to_dict())
     ours = build(config)
     state, notes = state_dict_from_hf(family, theirs.state_dict(), config)
@@ -63,7 +66,7 @@ def copy_init(family: str, theirs: nn.Module, build: Callable[[ModelConfig], nn.
     bad = [k for k in result.missing_keys if k not in tied and not k.startswith(tuple(absent))]
     if bad or result.unexpected_keys or (notes and not absent):
         raise SystemExit(f"{family}: weights do not carry over: missing {bad}, unexpected {result.unexpected_keys}")
-    return ours, config
+    return theirs, ours, config
 
 
 def gpt() -> Contest:
@@ -94,9 +97,7 @@ def gpt() -> Contest:
             bos_token_id=0,
             eos_token_id=0,
         )
-        torch.manual_seed(0)
-        theirs = transformers.GPT2LMHeadModel(hf_config)
-        return theirs, *copy_init("gpt2", theirs, Decoder)
+        return twins("gpt2", transformers.GPT2LMHeadModel, hf_config, Decoder)
 
     return Contest(
         title=f"GPT vs GPT2LMHeadModel: {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, "
@@ -132,10 +133,8 @@ def bert() -> Contest:
             type_vocab_size=2,
             pad_token_id=objective.pad,
         )
-        torch.manual_seed(0)
-        theirs = transformers.BertForMaskedLM(hf_config)
         # BertForMaskedLM has no pooler: ours keeps a fresh one, which no loss here reaches
-        return theirs, *copy_init("bert", theirs, Encoder, absent=("pooler.",))
+        return twins("bert", transformers.BertForMaskedLM, hf_config, Encoder, absent=("pooler.",))
 
     def flops(ours, config):  # the pooler takes no part
         return flops_per_token(config, count_params(ours, embeddings=False) - count_params(ours.pooler), SEQ) * SEQ
@@ -193,9 +192,7 @@ def t5() -> Contest:
             pad_token_id=pad,
             eos_token_id=shards.tokenizer.token_to_id("</s>"),
         )
-        torch.manual_seed(0)
-        theirs = transformers.T5ForConditionalGeneration(hf_config)
-        return theirs, *copy_init("t5", theirs, EncoderDecoder)
+        return twins("t5", transformers.T5ForConditionalGeneration, hf_config, EncoderDecoder)
 
     def flops(ours, config):
         # 6N per token for each stack's weights over the tokens they see (the cross-attention key/value

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from train_throughput import BATCH, D_MODEL, SEQ, T5_TARGET, t5
 
-from pretrainer.model.blocks import linear_cross_entropy
+from pretrainer.model.ops import linear_cross_entropy
 
 
 def parts(ours, theirs, targets: torch.Tensor) -> dict[str, tuple]:

@@ -4,8 +4,9 @@ import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig
 from pretrainer.model import Decoder
-from pretrainer.model.blocks import RMSNorm, attention_mask, linear_cross_entropy
+from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text
+from pretrainer.model.ops import linear_cross_entropy
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
 LLAMA = dict(

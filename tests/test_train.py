@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import pretrainer
 from pretrainer.config import ConfigError
+from pretrainer.errors import TrainingError
 from pretrainer.train.checkpoint import CheckpointError
 from pretrainer.train.metrics import read_metrics
 from tests.conftest import tiny_overrides
@@ -169,5 +170,5 @@ def test_cli_data_then_generate(corpus, tmp_path):
 
 def test_non_finite_loss_stops_the_run(tiny_config, tmp_path):
     config = tiny_config(**{"train.lr": 1e9, "train.grad_clip": 0, "train.warmup_steps": 1})
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+; lower train.lr"):
+    with pytest.raises(TrainingError, match=r"loss is nan at step \d+; lower train.lr"):
         pretrainer.train(config, tmp_path / "r")

@@ -7,12 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data.sources import DataError
-from .model.hf import ConversionError
-from .train.checkpoint import CheckpointError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ConversionError, FloatingPointError)
+from .config import load_config
+from .errors import PretrainerError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except PretrainerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,11 +1,13 @@
 """Configuration: dataclasses are the schema, YAML files are recipes, `section.key=value` overrides.
 
 Everything a run needs is in one `Config`; families (GPT-2, Llama, ...) are config data, not classes.
-Unknown keys are errors that name the nearest valid key.
+Unknown keys are errors that name the nearest valid key. Sizes left unset (None) are derived once, when a config
+is loaded or a model is built (`ModelConfig.resolved`), and the rules between fields are checked there too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -14,9 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config the user wrote cannot be used; the message says why and how to fix it."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -49,6 +49,56 @@ class ModelConfig:
     decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
     dropout: float = 0.0
     init_std: float = 0.02
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every derived size spelled out (head_dim, n_kv_head, d_ff, n_decoder_layer) and the rules
+        between fields checked. Models and converters read only resolved configs, so each rule lives here once.
+        The derived sizes are fixed from then on: to change d_model of a resolved config, reset them to None."""
+        for key, allowed in _MODEL_CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        for key in ("n_layer", "n_head", "d_model", "max_seq_len", "relative_buckets", "relative_max_distance"):
+            _check_positive(f"model.{key}", getattr(self, key))
+        for key in ("vocab_size", "n_decoder_layer", "n_kv_head", "head_dim", "d_ff"):
+            if getattr(self, key) is not None:
+                _check_positive(f"model.{key}", getattr(self, key))
+        for key in ("rope_theta", "norm_eps", "init_std"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"model.{key} must be positive (got {getattr(self, key)})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout}); 0.1 is usual, 0 turns it off")
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size must be 0 (no segments) or more (got {self.type_vocab_size})")
+        positions = {"decoder": ("learned", "rope"), "encoder": ("learned",), "encoder_decoder": ("relative",)}
+        if self.positions not in positions[self.arch]:
+            raise ConfigError(
+                f"model.arch={self.arch} takes model.positions={' or '.join(positions[self.arch])}, not "
+                f"{self.positions} (it would train without that position signal)"
+            )
+        if self.n_decoder_layer is not None and self.arch != "encoder_decoder":
+            raise ConfigError(f"model.n_decoder_layer is for model.arch=encoder_decoder; a {self.arch} has n_layer")
+        if self.head_dim is None and self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; change one, or set "
+                "model.head_dim"
+            )
+        c = dataclasses.replace(
+            self,
+            head_dim=self.head_dim or self.d_model // self.n_head,
+            n_kv_head=self.n_kv_head or self.n_head,
+            d_ff=self.d_ff or 4 * self.d_model,
+            n_decoder_layer=(self.n_decoder_layer or self.n_layer) if self.arch == "encoder_decoder" else None,
+        )
+        if c.n_head % c.n_kv_head:
+            raise ConfigError(f"model.n_head={c.n_head} is not divisible by model.n_kv_head={c.n_kv_head}")
+        if c.positions == "rope" and c.head_dim % 2:
+            raise ConfigError(f"rope needs an even head size; model.head_dim is {c.head_dim}")
+        return c
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be at least 1 (got {value})")
 
 
 @dataclass
@@ -110,15 +160,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-_CHOICES = {
-    ("model", "arch"): ("decoder", "encoder", "encoder_decoder"),
-    ("model", "positions"): ("learned", "rope", "relative"),
-    ("model", "norm"): ("layernorm", "rmsnorm"),
-    ("model", "norm_position"): ("pre", "post"),
-    ("model", "activation"): ("gelu", "gelu_tanh", "relu", "silu"),
-    ("objective", "name"): ("causal_lm", "mlm", "span_corruption"),
-    ("train", "precision"): ("fp32", "bf16"),
+_MODEL_CHOICES = {
+    "arch": ("decoder", "encoder", "encoder_decoder"),
+    "positions": ("learned", "rope", "relative"),
+    "norm": ("layernorm", "rmsnorm"),
+    "norm_position": ("pre", "post"),
+    "activation": ("gelu", "gelu_tanh", "relu", "silu"),
 }
+_CHOICES = {("objective", "name"): ("causal_lm", "mlm", "span_corruption"), ("train", "precision"): ("fp32", "bf16")}
 OBJECTIVE_OF_ARCH = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
 
 
@@ -196,6 +245,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
 
 
 def validate(config: Config) -> None:
+    """Check the rules within and between sections, and spell out the model's derived sizes (in place)."""
+    config.model = config.model.resolved()
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in allowed:
@@ -207,13 +258,6 @@ def validate(config: Config) -> None:
             f"model.arch={m.arch} trains with objective.name={wanted}, not {config.objective.name}; "
             f"set objective.name={wanted} or pick the model that goes with {config.objective.name}"
         )
-    if m.d_model % m.n_head and m.head_dim is None:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_head={m.n_head}")
-    kv = m.n_kv_head or m.n_head
-    if m.n_head % kv:
-        raise ConfigError(f"model.n_head={m.n_head} is not divisible by model.n_kv_head={kv}")
-    if m.positions == "rope" and (m.head_dim or m.d_model // m.n_head) % 2:
-        raise ConfigError("rope needs an even head size: d_model / n_head must be even")
     seq = config.objective.seq_len
     if seq > m.max_seq_len:
         raise ConfigError(
@@ -235,4 +279,6 @@ def to_yaml(config: Config) -> str:
 def from_yaml_text(text: str) -> Config:
     """Read a config saved by `to_yaml` (a run's or a checkpoint's config.yaml)."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    config.model = config.model.resolved()
+    return config

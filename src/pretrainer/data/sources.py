@@ -20,9 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Input data cannot be used; the message says why and how to fix it."""
+from ..errors import DataError
 
 
 @dataclass

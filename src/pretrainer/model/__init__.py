@@ -1,3 +1,4 @@
+from ..errors import ConfigError
 from .decoder import Decoder
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder
@@ -10,5 +11,5 @@ ARCHITECTURES = {"decoder": Decoder, "encoder": Encoder, "encoder_decoder": Enco
 def build_model(config):
     """The model a ModelConfig describes."""
     if config.vocab_size is None:
-        raise ValueError("model.vocab_size must be set before building a model (the trainer sets it)")
+        raise ConfigError("model.vocab_size must be set before building a model (the trainer sets it)")
     return ARCHITECTURES[config.arch](config)

@@ -10,17 +10,19 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import Block, KVCache, Rotary, init_weights, linear_cross_entropy, norm
+from .blocks import Block, KVCache, Rotary, init_weights, norm
+from .ops import linear_cross_entropy
 
 
 class Decoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config
+        self.config = config = config.resolved()  # every size spelled out
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
-        head_dim = config.head_dim or config.d_model // config.n_head
-        self.rotary = Rotary(head_dim, config.max_seq_len, config.rope_theta) if config.positions == "rope" else None
+        self.rotary = (
+            Rotary(config.head_dim, config.max_seq_len, config.rope_theta) if config.positions == "rope" else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
         self.norm_f = norm(config)

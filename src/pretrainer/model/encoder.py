@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import Block, activate, init_weights, linear_cross_entropy, norm
+from .blocks import Block, activate, init_weights, norm
+from .ops import linear_cross_entropy
 
 
 class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config
+        self.config = config = config.resolved()  # every size spelled out
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None

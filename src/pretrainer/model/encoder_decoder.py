@@ -13,14 +13,15 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, linear_cross_entropy, norm
+from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, norm
+from .ops import linear_cross_entropy
 
 
 @torch.no_grad()
 def t5_init(model: nn.Module, config: ModelConfig) -> None:
     """T5's initialisation (Mesh TensorFlow): each matrix N(0, fan_in^-0.5), queries by an extra head_dim^-0.5,
     which is where the 1/sqrt(head_dim) that T5's attention leaves out went; embeddings N(0, 1)."""
-    d, head_dim = config.d_model, config.head_dim or config.d_model // config.n_head
+    d, head_dim = config.d_model, config.head_dim
     q_size = config.n_head * head_dim
     for module in model.modules():
         if isinstance(module, Attention):
@@ -67,10 +68,10 @@ class Stack(nn.Module):
 class EncoderDecoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config
+        self.config = config = config.resolved()  # every size spelled out
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # shared by encoder and decoder
         self.encoder = Stack(config, config.n_layer, causal=False)
-        self.decoder = Stack(config, config.n_decoder_layer or config.n_layer, causal=True)
+        self.decoder = Stack(config, config.n_decoder_layer, causal=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         t5_init(self, config)
         if config.tie_embeddings:
@@ -113,8 +114,7 @@ class EncoderDecoder(nn.Module):
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         """Caches for the decoder's layers: self-attention keys and values, and cross-attention's of `memory`."""
-        n_layer = self.config.n_decoder_layer or self.config.n_layer
-        return KVCache.for_layers(self.config, n_layer, batch, length, self.tok_emb.weight)
+        return KVCache.for_layers(self.config, self.config.n_decoder_layer, batch, length, self.tok_emb.weight)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

@@ -7,7 +7,6 @@ files; the training path never needs it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import ModelConfig
+from ..errors import ConversionError
 
 FAMILIES = ("gpt2", "llama", "bert", "t5")
 ARCHITECTURES = {
@@ -28,10 +28,6 @@ ARCHITECTURES = {
     "t5": "T5ForConditionalGeneration",
 }
 _HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-
-
-class ConversionError(ValueError):
-    """A checkpoint cannot be converted; the message says why."""
 
 
 def _unsupported(kind) -> ConversionError:
@@ -139,17 +135,6 @@ _CONFIG_DEFAULTS = {
 }
 
 
-def _sizes_spelled_out(c: ModelConfig) -> ModelConfig:
-    """Our None sizes mean "the usual one"; their configs spell them out, and so do we on both ways."""
-    return dataclasses.replace(
-        c,
-        d_ff=c.d_ff or 4 * c.d_model,
-        head_dim=c.head_dim or c.d_model // c.n_head,
-        n_kv_head=c.n_kv_head or c.n_head,
-        n_decoder_layer=(c.n_decoder_layer or c.n_layer) if c.arch == "encoder_decoder" else c.n_decoder_layer,
-    )
-
-
 def config_from_hf(hf: dict) -> ModelConfig:
     """Our ModelConfig for a `transformers` config.json (as a dict)."""
     kind = hf.get("model_type")
@@ -172,12 +157,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
             head_scale=hf.get("scale_decoder_outputs", hf["tie_word_embeddings"]),
             decoder_start_id=hf.get("decoder_start_token_id") or 0,
         )
-    return _sizes_spelled_out(ModelConfig(**fields, activation=_HF_ACT[activation]))
+    return ModelConfig(**fields, activation=_HF_ACT[activation]).resolved()
 
 
 def family_of(config: ModelConfig) -> str:
     """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
-    c = config
+    c = config.resolved()
     families = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "llama"}
     family = {"encoder": "bert", "encoder_decoder": "t5"}.get(c.arch) or families.get((c.arch, c.positions))
     if family is None:
@@ -186,7 +171,7 @@ def family_of(config: ModelConfig) -> str:
     if family == "gpt2":
         if c.activation not in ("gelu", "gelu_tanh", "relu"):
             needs.append("a GELU or ReLU activation")
-        if (c.n_kv_head or c.n_head) != c.n_head or (c.head_dim or c.d_model // c.n_head) * c.n_head != c.d_model:
+        if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.d_model:
             needs.append("n_kv_head == n_head and head_dim == d_model / n_head")
     if needs:
         raise ConversionError(f"this {c.arch} model cannot be exported as {family}: it needs {', '.join(needs)}")
@@ -196,7 +181,7 @@ def family_of(config: ModelConfig) -> str:
 def config_to_hf(config: ModelConfig) -> dict:
     """A `transformers` config.json (as a dict) for our ModelConfig."""
     family = family_of(config)
-    c = _sizes_spelled_out(config)
+    c = config.resolved()
     act = {v: k for k, v in _HF_ACT.items() if k != "gelu_pytorch_tanh"}[c.activation]
     hf = {"model_type": family, "architectures": [ARCHITECTURES[family]]}
     hf |= {theirs: getattr(c, ours) for ours, theirs in (_COMMON_KEYS | _CONFIG_KEYS[family]).items()}
@@ -289,7 +274,7 @@ def _rows(family: str, c: ModelConfig) -> list[Row]:
         add("mlm_bias", "cls.predictions.bias")
     elif family == "t5":
         add("tok_emb.weight", "shared.weight")
-        for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer or c.n_layer)):
+        for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
             add(
                 f"{stack}.rel_bias.embedding.weight",
                 f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
@@ -338,6 +323,7 @@ def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelCo
     """(our state dict, notes on what the checkpoint lacked) from a `transformers` state dict."""
     if family == "bert" and not any(k.startswith("bert.") for k in hf):
         hf = {"bert." + k: v for k, v in hf.items()}  # a bare BertModel (no heads), as sentence encoders ship
+    config = config.resolved()
     out, missing = {}, []
     for ours, theirs, transpose in _rows(family, config):
         if not all(t in hf for t in theirs):
@@ -353,13 +339,13 @@ def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelCo
 
 
 def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    config = config.resolved()
     out = {}
     for key, theirs, transpose in _rows(family, config):
         tensor = ours[key].t() if transpose else ours[key]
         sizes = None
         if len(theirs) > 1:
-            q = config.n_head * (config.head_dim or config.d_model // config.n_head)
-            kv = (config.n_kv_head or config.n_head) * (config.head_dim or config.d_model // config.n_head)
+            q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
             sizes = {3: [q, kv, kv]}.get(len(theirs), [tensor.shape[0] // 2] * 2)
         for name, part in zip(theirs, tensor.split(sizes) if sizes else (tensor,), strict=True):
             out[name] = part.contiguous().clone()

@@ -16,11 +16,8 @@ from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
 from ..config import Config, from_yaml_text, to_yaml
+from ..errors import CheckpointError
 from ..model import build_model
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing or does not fit; the message says what to do."""
 
 
 def write_model(folder: Path, model, config: Config, tokenizer: Tokenizer | None) -> None:

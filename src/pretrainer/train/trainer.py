@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, to_yaml
+from ..config import Config, to_yaml
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, Shards, TokenWindows, prepare
+from ..errors import ConfigError, TrainingError
 from ..eval.metrics import perplexity
 from ..model import build_model
 from ..scaling.flops import count_params, flops_per_token, peak_flops
@@ -81,16 +82,19 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def _check_resumable(saved: Config, config: Config) -> None:
+    differences = []
     for section in ("model", "data", "objective"):
         ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
         for key, value in theirs.items():
             if key == "vocab_size" and section == "model" and ours[key] is None:
                 continue
             if ours[key] != value:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint does not match the config: {section}.{key} is {value!r} in the checkpoint but "
-                    f"{ours[key]!r} now; resume with the run's own config.yaml or start a new --run-dir"
-                )
+                differences.append(f"{section}.{key} is {value!r} in the checkpoint but {ours[key]!r} now")
+    if differences:
+        raise checkpoint.CheckpointError(
+            f"checkpoint does not match the config: {', '.join(differences)}; resume with the run's own "
+            "config.yaml or start a new --run-dir"
+        )
 
 
 def batch_maker(objective, windows: TokenWindows, seed: int):
@@ -218,7 +222,7 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
             if step % t.log_every == 0 or step == t.max_steps:
                 loss_value = loss_sum.item() / (window_steps * t.grad_accum)  # the only sync per log interval
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(
+                    raise TrainingError(
                         f"loss is {loss_value} at step {step}; lower train.lr (or use train.precision=fp32) and "
                         "--resume from the last checkpoint, or start again"
                     )

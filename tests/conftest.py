@@ -3,6 +3,7 @@ import random
 import pytest
 
 from pretrainer.config import load_config
+from pretrainer.train.metrics import read_metrics
 
 WORDS = (
     "the king queen lord lady speaks walks sleeps sees loves hates a good bad old young sword crown "
@@ -60,3 +61,8 @@ def tiny_config(corpus, tmp_path):
         return load_config(None, tiny_overrides(corpus, tmp_path / "data", **extra))
 
     return make
+
+
+def without_timings(run):
+    """A run's metrics.jsonl rows without the timings (tok_per_s, mfu), which differ from run to run."""
+    return [{k: v for k, v in r.items() if k not in ("tok_per_s", "mfu")} for r in read_metrics(run / "metrics.jsonl")]

@@ -34,7 +34,11 @@ def cmd_train(args) -> None:
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     result = train(config, run_dir, resume=args.resume)
-    print(f"done: step {result.step}, val loss {result.val_loss:.4f}; {run_dir}/loss.png")
+    val = f"val loss {result.val_loss:.4f}" if result.val_loss is not None else "not evaluated"
+    if result.already_finished:
+        print(f"{run_dir} already finished at step {result.step} ({val}); raise train.max_steps to train on")
+    else:
+        print(f"done: step {result.step}, {val}; {run_dir}/loss.png")
 
 
 def cmd_generate(args) -> None:

@@ -61,23 +61,36 @@ class Encoder(nn.Module):
         """BERT's sentence vector: tanh(dense(hidden at <cls>, position 0))."""
         return torch.tanh(self.pooler(hidden[:, 0]))
 
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias
+
+    def nsp_loss(self, hidden: torch.Tensor, nsp_labels: torch.Tensor) -> torch.Tensor:
+        if self.nsp is None:
+            raise ValueError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
+        return F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
+
     def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None):
         """(MLM logits, None), or with `targets` (-100 where not masked): (None, MLM loss), where the head
         runs on the masked positions only; with `nsp_labels` too, the NSP loss is added."""
         hidden = self.encode(input_ids, token_type_ids, padding_mask)
         if targets is None:
-            return self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias, None
+            return self.mlm_logits(hidden), None
         chosen = targets != -100
         h = self.mlm_transform(hidden[chosen])
         loss = linear_cross_entropy(h, self.mlm_decoder.weight, targets[chosen], bias=self.mlm_bias)
         if nsp_labels is not None:
-            if self.nsp is None:
-                raise ValueError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
-            loss = loss + F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
+            loss = loss + self.nsp_loss(hidden, nsp_labels)
         return None, loss
 
     @torch.no_grad()
-    def mlm_predictions(self, input_ids, targets, token_type_ids=None, padding_mask=None) -> torch.Tensor:
-        """The most likely token at each masked position (those where targets != -100), in order."""
-        hidden = self.encode(input_ids, token_type_ids, padding_mask)[targets != -100]
-        return (self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias).argmax(-1)
+    def eval_sums(self, input_ids, targets, token_type_ids=None, padding_mask=None, nsp_labels=None):
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss,
+        and how many masked tokens the MLM head predicts right (one encoder pass for both)."""
+        hidden = self.encode(input_ids, token_type_ids, padding_mask)
+        chosen = targets != -100
+        logits = self.mlm_logits(hidden[chosen]).float()
+        loss = F.cross_entropy(logits, targets[chosen], reduction="sum") / chosen.sum().clamp(min=1)
+        if nsp_labels is not None:
+            loss = loss + self.nsp_loss(hidden, nsp_labels)
+        correct = (logits.argmax(-1) == targets[chosen]).sum()
+        return {"loss": (loss, 1), "mlm_accuracy": (correct, chosen.sum())}

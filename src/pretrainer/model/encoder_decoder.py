@@ -117,6 +117,11 @@ class EncoderDecoder(nn.Module):
         return KVCache.for_layers(self.config, self.config.n_decoder_layer, batch, length, self.tok_emb.weight)
 
     @torch.no_grad()
+    def eval_sums(self, **batch) -> dict:
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss."""
+        return {"loss": (self(**batch)[1], 1)}
+
+    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         """Decoder tokens for encoder input `input_ids`; see `pretrainer.model.generate.generate`."""
         from .generate import generate

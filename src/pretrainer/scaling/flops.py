@@ -36,12 +36,19 @@ _GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, 
 
 
 @functools.cache
-def measured_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 10) -> float:
+def measured_matmul_flops(dtype: torch.dtype = torch.float32, max_n: int = 1024, reps: int = 10) -> float:
     """The best rate of a large square matmul on this CPU (best of `reps`, so that a busy moment does not
-    lower it): the practical ceiling that CPU MFU divides by."""
+    lower it): the practical ceiling that CPU MFU divides by. The size doubles up to `max_n` only while one
+    product takes under 20 ms: a CPU without bf16 units does a 1024^3 bf16 product in seconds, not ms."""
     generator = torch.Generator().manual_seed(0)  # never touch the global RNG a resumed run depends on
-    a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
-    a @ b
+    n = 128
+    while True:
+        a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
+        start = time.perf_counter()
+        a @ b
+        if n >= max_n or time.perf_counter() - start > 0.02:
+            break
+        n *= 2
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import write_atomic
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, keep_until_step: int | None = None):
         """Append to RUN_DIR/metrics.jsonl. On resume, rows after the checkpoint's step (written by the
-        interrupted run and about to be redone) are dropped first."""
+        interrupted run and about to be redone) are dropped first, and so is a line a kill cut short."""
         self.path = Path(run_dir) / "metrics.jsonl"
         if keep_until_step is None:
             self.path.write_text("")
         elif self.path.exists():
             rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(self.path)
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self._file = open(self.path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -41,7 +41,10 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a last line without its newline (the writer was killed mid-row) is left out."""
+    text = Path(path).read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def plot_loss(run_dir: Path) -> Path:

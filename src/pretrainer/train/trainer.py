@@ -2,13 +2,16 @@
 
 AdamW with decay/no-decay groups, linear warmup then cosine decay, gradient accumulation, clipping,
 bf16 autocast, periodic evaluation and checkpoints, and an exact resume: step, schedule, data cursor,
-optimizer and RNG all continue from a checkpoint as if the run had never stopped.
+optimizer, RNG and the partly filled logging window all continue from a checkpoint as if the run had never
+stopped. `Trainer` splits a run into setup, `train_step`, `log`, `evaluate` and `save`; the model is asked for
+its own validation numbers (`eval_sums`), so the loop never branches on the kind of model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,9 @@ from tqdm import tqdm
 from ..config import Config, to_yaml
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, Shards, TokenWindows, prepare
-from ..errors import ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..eval.metrics import perplexity
+from ..files import write_atomic
 from ..model import build_model
 from ..scaling.flops import count_params, flops_per_token, peak_flops
 from . import checkpoint
@@ -35,9 +39,11 @@ class RunResult:
     val_loss: float | None
     shards: Shards
     scores: dict  # the last evaluation's numbers
+    already_finished: bool = False  # resumed a run that had already reached train.max_steps: nothing was done
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device as a torch device: auto (CUDA when present), cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -91,7 +97,7 @@ def _check_resumable(saved: Config, config: Config) -> None:
             if ours[key] != value:
                 differences.append(f"{section}.{key} is {value!r} in the checkpoint but {ours[key]!r} now")
     if differences:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"checkpoint does not match the config: {', '.join(differences)}; resume with the run's own "
             "config.yaml or start a new --run-dir"
         )
@@ -108,154 +114,231 @@ def batch_maker(objective, windows: TokenWindows, seed: int):
     return make
 
 
-@torch.no_grad()
-def evaluate(model, make_batch, n_examples: int, config: Config, device, autocast) -> dict[str, float]:
-    """Mean loss (and MLM accuracy for an encoder) over the same `eval.batches` validation batches every time
-    (fewer if the validation split is small)."""
-    model.eval()
-    b = min(config.train.batch_size, n_examples)
-    n_batches = max(1, min(config.eval.batches, n_examples // b))
-    total = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    masked = torch.zeros((), device=device)
-    for i in range(n_batches):
-        batch = {k: v.to(device) for k, v in make_batch(i * b, b).items()}
-        with autocast():
-            _, loss = model(**batch)
-            if config.model.arch == "encoder":
-                inputs = {k: v for k, v in batch.items() if k != "nsp_labels"}
-                targets = batch["targets"]
-                correct += (model.mlm_predictions(**inputs) == targets[targets != -100]).sum()
-                masked += (targets != -100).sum()
-        total += loss.float()
-    model.train()
-    result = {"val_loss": total.item() / n_batches}
-    if config.model.arch == "encoder":
-        result["val_mlm_accuracy"] = correct.item() / max(1.0, masked.item())
-    return result
-
-
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:
     """Pretrain the model `config` describes; write metrics, checkpoints and loss.png to `run_dir`."""
-    run_dir = Path(run_dir)
-    t = config.train
-    device = resolve_device(t.device)
-    ckpt = None
-    if resume:
-        ckpt = checkpoint.latest(run_dir)
-        if ckpt is None:
-            raise checkpoint.CheckpointError(
-                f"--resume: no checkpoint in '{run_dir}/checkpoints'; run without --resume to start it"
+    return Trainer(config, run_dir, resume).fit()
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder that cannot be made or written before any work is done."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == run_dir else f"cannot be made: '{existing}' is a file"
+        raise CheckpointError(f"run folder '{run_dir}' {what}; choose another --run-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write to '{existing}' (permission denied); choose another --run-dir")
+
+
+class Trainer:
+    """One run. Constructing it checks everything and loads what a resume needs, before anything is written;
+    `fit` then repeats `train_step`, and at their intervals `log`, `evaluate` and `save`."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
+        self.config, self.run_dir = config, Path(run_dir)
+        t = config.train
+        self.device = resolve_device(t.device)
+        _check_run_dir(self.run_dir)
+        self.resumed_from, state = self._resume_point(resume)
+
+        self.shards = prepare(config.data)
+        tokenizer_vocab = self.shards.manifest["vocab_size"]
+        if config.model.vocab_size is None:
+            config.model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
+        elif config.model.vocab_size < tokenizer_vocab:
+            raise ConfigError(
+                f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
+                "tokens; raise it or leave it unset"
             )
-        _check_resumable(checkpoint.read_config(ckpt), config)
-    elif checkpoint.latest(run_dir) is not None:
-        raise checkpoint.CheckpointError(
-            f"'{run_dir}' already holds a run with checkpoints; pass --resume to continue it, or choose "
-            "another --run-dir"
-        )
 
-    shards = prepare(config.data)
-    tokenizer_vocab = shards.manifest["vocab_size"]
-    if config.model.vocab_size is None:
-        config.model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
-    elif config.model.vocab_size < tokenizer_vocab:
-        raise ConfigError(
-            f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
-            "tokens; raise it or leave it unset"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
+        torch.manual_seed(t.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.step, self.sample, self.scores = 0, 0, {}
+        # the loss summed over the steps since the last log row, kept on the device: read once per row
+        self.loss_sum, self.window_steps = torch.zeros((), device=self.device), 0
+        if state is not None:
+            checkpoint.load_weights(self.model, self.resumed_from, self.device)
+            self.optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"], self.device)
+            self.step, self.sample, self.scores = state["step"], state["sample"], state.get("scores", {})
+            window = state.get("window", {"loss_sum": 0.0, "steps": 0})
+            self.loss_sum.fill_(window["loss_sum"])
+            self.window_steps = window["steps"]
 
-    torch.manual_seed(t.seed)
-    model = build_model(config.model).to(device)
-    optimizer = make_optimizer(model, config, device)
-    step, sample = 0, 0
-    if ckpt is not None:
-        from safetensors.torch import load_model
+        self.objective = make_objective(config, self.shards.tokenizer)
+        o = self.objective
+        self.train_windows = TokenWindows(self.shards.tokens("train"), o.window, o.stride, t.seed, "train")
+        self.val_windows = TokenWindows(self.shards.tokens("val"), o.window, o.stride, t.seed + 1, "val")
+        self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.tokens_per_step = t.batch_size * t.grad_accum * o.tokens_per_example
+        n_params = count_params(self.model, embeddings=False)
+        self.flops_per_step = flops_per_token(config.model, n_params, config.objective.seq_len) * self.tokens_per_step
+        self.peak = peak_flops(self.device, self.dtype)
 
-        load_model(model, str(ckpt / "model.safetensors"), device=str(device))
+    def _resume_point(self, resume: bool) -> tuple[Path | None, dict | None]:
+        """(checkpoint, trainer state) to resume from, or (None, None) for a fresh run; refuses a resume that
+        cannot work, and a fresh run in a folder that already holds checkpoints (it would overwrite them)."""
+        if not resume:
+            saved = checkpoint.steps(self.run_dir, complete=False)
+            if saved:
+                raise CheckpointError(
+                    f"'{self.run_dir}' already holds a run with checkpoints (newest: {saved[-1].name}); pass --resume "
+                    "to continue it, or choose another --run-dir"
+                )
+            return None, None
+        ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is None:
+            raise CheckpointError(
+                f"--resume: no checkpoint in '{self.run_dir}/checkpoints'; run without --resume to start it"
+            )
+        _check_resumable(checkpoint.read_config(ckpt), self.config)
         state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
-        step, sample = state["step"], state["sample"]
+        if state["step"] > self.config.train.max_steps:
+            raise CheckpointError(
+                f"--resume: the checkpoint {ckpt.name} is past train.max_steps={self.config.train.max_steps}; "
+                f"set train.max_steps to {state['step']} or more"
+            )
+        return ckpt, state
 
-    objective = make_objective(config, shards.tokenizer)
-    train_windows = TokenWindows(shards.tokens("train"), objective.window, objective.stride, t.seed, "train")
-    val_windows = TokenWindows(shards.tokens("val"), objective.window, objective.stride, t.seed + 1, "val")
-    make_val_batch = batch_maker(objective, val_windows, t.seed + 1)
-    dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16")
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    def fit(self) -> RunResult:
+        t = self.config.train
+        if self.step >= t.max_steps:
+            plot_loss(self.run_dir)  # an interrupted run may have stopped between its last save and its plot
+            return self._result(already_finished=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
+        except OSError as e:
+            raise CheckpointError(f"cannot write the run folder '{self.run_dir}' ({e.strerror})") from None
+        prefetch = Prefetcher(batch_maker(self.objective, self.train_windows, t.seed), self.sample, t.batch_size)
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
+        self.metrics = MetricsLog(self.run_dir, keep_until_step=self.step if self.resumed_from else None)
+        self.window_start = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < t.max_steps:
+                self.train_step(prefetch)
+                last = self.step == t.max_steps
+                if self.step % t.log_every == 0 or last:
+                    self.log(bar)
+                bar.update(1)
+                paused = time.perf_counter()  # evaluation and checkpoints are not billed to throughput
+                if self.step % t.eval_every == 0 or last:
+                    self.evaluate(bar)
+                if self.step % t.save_every == 0 or last:
+                    self.save()
+                self.window_start += time.perf_counter() - paused
+        finally:
+            prefetch.close()
+            bar.close()
+            self.metrics.close()
+        plot_loss(self.run_dir)
+        return self._result()
 
-    forward = torch.compile(model) if t.compile else model
-    tokens_per_step = t.batch_size * t.grad_accum * objective.tokens_per_example
-    fpt = flops_per_token(config.model, count_params(model, embeddings=False), config.objective.seq_len)
-    flops_per_step = fpt * tokens_per_step
-    peak = peak_flops(device, dtype)
-    log = MetricsLog(run_dir, keep_until_step=step if ckpt is not None else None)
-    prefetch = Prefetcher(batch_maker(objective, train_windows, t.seed), sample, t.batch_size)
-    bar = tqdm(total=t.max_steps, initial=step, disable=not t.progress, unit="step", dynamic_ncols=True)
-    scores: dict = {}
-    loss_sum = torch.zeros((), device=device)
-    window_start, window_steps = time.perf_counter(), 0
-    model.train()
-    try:
-        while step < t.max_steps:
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for _ in range(t.grad_accum):
-                batch = {k: v.to(device, non_blocking=True) for k, v in prefetch.next().items()}
-                with autocast():
-                    _, loss = forward(**batch)
-                (loss / t.grad_accum).backward()
-                loss_sum += loss.detach()
-            sample += t.batch_size * t.grad_accum
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
+    def _result(self, already_finished: bool = False) -> RunResult:
+        return RunResult(
+            self.run_dir, self.step, self.scores.get("val_loss"), self.shards, self.scores, already_finished
+        )
 
-            if step % t.log_every == 0 or step == t.max_steps:
-                loss_value = loss_sum.item() / (window_steps * t.grad_accum)  # the only sync per log interval
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss is {loss_value} at step {step}; lower train.lr (or use train.precision=fp32) and "
-                        "--resume from the last checkpoint, or start again"
-                    )
-                elapsed = time.perf_counter() - window_start
-                tok_s = window_steps * tokens_per_step / elapsed
-                row = {
-                    "step": step,
-                    "loss": loss_value,
-                    "lr": lr,
-                    "tokens": step * tokens_per_step,
-                    "tok_per_s": round(tok_s, 1),
-                }
-                if peak:
-                    row["mfu"] = round(window_steps * flops_per_step / elapsed / peak, 4)
-                log.log(row)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}")
-                loss_sum.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-            bar.update(1)
+    def train_step(self, prefetch: Prefetcher) -> None:
+        """One optimizer step over train.grad_accum micro-batches."""
+        t = self.config.train
+        lr = learning_rate(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(t.grad_accum):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in prefetch.next().items()}
+            with self.autocast():
+                _, loss = self.forward(**batch)
+            (loss / t.grad_accum).backward()
+            self.loss_sum += loss.detach()
+        self.sample += t.batch_size * t.grad_accum
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.window_steps += 1
 
-            if step % t.eval_every == 0 or step == t.max_steps:
-                scores = evaluate(model, make_val_batch, val_windows.per_epoch, config, device, autocast)
-                val_loss = scores["val_loss"]
-                log.log({"step": step, **scores, "val_ppl": round(perplexity(val_loss), 3)})
-                accuracy = f", MLM accuracy {scores['val_mlm_accuracy']:.1%}" if "val_mlm_accuracy" in scores else ""
-                bar.write(f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.1f}){accuracy}")
-            if step % t.save_every == 0 or step == t.max_steps:
-                state = {"step": step, "sample": sample, "optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
-                checkpoint.save(run_dir, step, model, config, shards.tokenizer, state, t.keep_last)
-                window_start = time.perf_counter()  # do not bill checkpoint time to throughput
-    finally:
-        prefetch.close()
-        bar.close()
-        log.close()
-    plot_loss(run_dir)
-    return RunResult(run_dir, step, scores.get("val_loss"), shards, scores)
+    def _stop_if_diverged(self, weights: bool = False) -> None:
+        """Raise TrainingError when a loss since the last log row (or, with `weights`, a weight) is not finite:
+        one read from the device, at log, evaluation and save steps only."""
+        what = None
+        if not torch.isfinite(self.loss_sum):
+            what = f"loss is {self.loss_sum.item() / max(1, self.window_steps * self.config.train.grad_accum)}"
+        elif weights and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            what = "weights are no longer finite"
+        if what is None:
+            return
+        good = checkpoint.latest(self.run_dir, warn=False)
+        fix = "lower train.lr (or use train.precision=fp32)"
+        then = f"the last good checkpoint is {good}: {fix} and --resume from it, or start again"
+        raise TrainingError(
+            f"{what} at step {self.step}; " + (then if good else f"no checkpoint yet: {fix}, start again")
+        )
+
+    def log(self, bar) -> None:
+        """One metrics row: the mean loss over the steps since the last row, throughput and MFU."""
+        t = self.config.train
+        self._stop_if_diverged()
+        loss = self.loss_sum.item() / (self.window_steps * t.grad_accum)
+        elapsed = time.perf_counter() - self.window_start
+        tok_s = self.window_steps * self.tokens_per_step / elapsed
+        row = {
+            "step": self.step,
+            "loss": loss,
+            "lr": learning_rate(self.step - 1, self.config),
+            "tokens": self.step * self.tokens_per_step,
+            "tok_per_s": round(tok_s, 1),
+        }
+        if self.peak:
+            row["mfu"] = round(self.window_steps * self.flops_per_step / elapsed / self.peak, 4)
+        self.metrics.log(row)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+        self.loss_sum.zero_()
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    @torch.no_grad()
+    def evaluate(self, bar=None) -> dict[str, float]:
+        """The model's validation numbers (`eval_sums`) over the same `eval.batches` batches every time (fewer if
+        the validation split is small), logged as val_* with val_ppl."""
+        self._stop_if_diverged()
+        make = batch_maker(self.objective, self.val_windows, self.config.train.seed + 1)
+        n_examples = self.val_windows.per_epoch
+        size = min(self.config.train.batch_size, n_examples)
+        totals: dict[str, list] = {}
+        self.model.eval()
+        for i in range(max(1, min(self.config.eval.batches, n_examples // size))):
+            batch = {k: v.to(self.device) for k, v in make(i * size, size).items()}
+            with self.autocast():
+                sums = self.model.eval_sums(**batch)
+            for name, (value, count) in sums.items():
+                total = totals.setdefault(name, [0.0, 0])
+                total[0] = total[0] + value.float()
+                total[1] = total[1] + count
+        self.model.train()
+        self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
+        val_loss = self.scores["val_loss"]
+        self.metrics.log({"step": self.step, **self.scores, "val_ppl": round(perplexity(val_loss), 3)})
+        if bar is not None:
+            rates = "".join(f", {k[4:].replace('_', ' ')} {v:.1%}" for k, v in self.scores.items() if "accuracy" in k)
+            bar.write(f"step {self.step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.1f}){rates}")
+        return self.scores
+
+    def save(self) -> None:
+        """A checkpoint of everything an exact resume needs; never of a diverged model."""
+        self._stop_if_diverged(weights=True)
+        state = {
+            "step": self.step,
+            "sample": self.sample,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(self.device),
+            "scores": self.scores,
+            "window": {"loss_sum": self.loss_sum.item(), "steps": self.window_steps},
+        }
+        keep = self.config.train.keep_last
+        checkpoint.save(self.run_dir, self.step, self.model, self.config, self.shards.tokenizer, state, keep)

@@ -1,0 +1,146 @@
+"""Run folders keep their data: lost pointers, diverged runs, finished runs, interrupted logging windows,
+full disks and damaged checkpoint files."""
+
+import errno
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import pretrainer
+from pretrainer import cli
+from pretrainer.errors import CheckpointError, TrainingError
+from pretrainer.train import checkpoint
+from pretrainer.train.metrics import read_metrics
+from tests.conftest import tiny_overrides, without_timings
+
+
+def test_lost_latest_pointer_falls_back_to_the_newest_checkpoint(tiny_config, tmp_path):
+    run = tmp_path / "r"
+    config = lambda **kw: tiny_config(**{"train.save_every": 2, "train.eval_every": 4, **kw})
+    pretrainer.train(config(**{"train.max_steps": 8}), run)
+    metrics = (run / "metrics.jsonl").read_text()
+    pointer = run / "checkpoints" / "latest"
+    pointer.unlink()
+
+    # a fresh run must not start over this run (it would truncate its metrics and prune its checkpoints)
+    with pytest.raises(CheckpointError, match=r"already holds a run with checkpoints \(newest: step-8\)"):
+        pretrainer.train(config(**{"train.max_steps": 8}), run)
+    assert (run / "metrics.jsonl").read_text() == metrics and checkpoint.steps(run)[-1].name == "step-8"
+
+    with pytest.warns(UserWarning, match="latest' is missing; using the newest checkpoint, step-8"):
+        result = pretrainer.train(config(**{"train.max_steps": 10}), run, resume=True)
+    assert result.step == 10 and [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] == list(
+        range(1, 11)
+    )
+    assert pointer.read_text().strip() == "step-10"
+
+    pointer.write_text("step-99\n")  # names a folder that is gone
+    with pytest.warns(UserWarning, match="names a checkpoint that is gone; using the newest checkpoint, step-10"):
+        assert checkpoint.latest(run) == run / "checkpoints" / "step-10"
+
+
+def test_a_diverged_run_keeps_its_good_checkpoints_and_names_the_last(tiny_config, tmp_path):
+    run = tmp_path / "r"
+    good = {"train.save_every": 2, "train.log_every": 10, "train.eval_every": 100, "train.keep_last": 2}
+    pretrainer.train(tiny_config(**good, **{"train.max_steps": 4}), run)
+    diverging = tiny_config(**good, **{"train.max_steps": 30, "train.lr": 1e9, "train.grad_clip": 0})
+    last_good = run / "checkpoints" / "step-4"
+    with pytest.raises(TrainingError, match=rf"(loss is (nan|inf)|weights are no longer finite) at step \d+; "
+                       rf"the last good checkpoint is {last_good}: lower train.lr"):  # fmt: skip
+        pretrainer.train(diverging, run, resume=True)
+    assert checkpoint.latest(run) == last_good
+    for saved in checkpoint.steps(run):  # every checkpoint on disk loads, which needs finite weights
+        pretrainer.load(saved)
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_says_so(tiny_config, tmp_path):
+    config = tiny_config(**{"train.lr": 1e9, "train.grad_clip": 0, "train.warmup_steps": 1})
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d+; no checkpoint yet: lower train.lr"):
+        pretrainer.train(config, tmp_path / "r")
+    assert checkpoint.steps(tmp_path / "r") == []
+
+
+def test_resuming_a_finished_run_says_so(tiny_config, corpus, tmp_path, capsys):
+    run = tmp_path / "r"
+    first = pretrainer.train(tiny_config(**{"train.max_steps": 6, "train.eval_every": 3}), run)
+    metrics, saved_config = (run / "metrics.jsonl").read_text(), (run / "config.yaml").read_text()
+    (run / "loss.png").unlink()  # as if killed between the last checkpoint and the plot
+
+    again = pretrainer.train(tiny_config(**{"train.max_steps": 6, "train.eval_every": 3}), run, resume=True)
+    assert again.already_finished and again.step == 6 and again.val_loss == first.val_loss
+    assert (run / "metrics.jsonl").read_text() == metrics and (run / "loss.png").is_file()
+
+    overrides = tiny_overrides(corpus, tmp_path / "data", **{"train.max_steps": 6, "train.eval_every": 3})
+    assert cli.main(["train", "configs/gpt-tiny.yaml", "--run-dir", str(run), "--resume", *overrides]) == 0
+    assert "already finished at step 6" in capsys.readouterr().out
+
+    # a max_steps below the checkpoint is refused before anything is rewritten
+    with pytest.raises(CheckpointError, match="step-6 is past train.max_steps=4; set train.max_steps to 6 or more"):
+        pretrainer.train(tiny_config(**{"train.max_steps": 4, "train.lr": 1e-4}), run, resume=True)
+    assert (run / "config.yaml").read_text() == saved_config and (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_metrics_after_resume_equal_the_uninterrupted_run_off_a_log_boundary(tiny_config, tmp_path):
+    """Checkpoints at steps 4 and 8 fall inside logging windows of 3 steps: the partly filled window is saved
+    with the checkpoint, so the rows after the resume average the same steps as the uninterrupted run's."""
+    config = lambda: tiny_config(**{"train.max_steps": 12, "train.log_every": 3, "train.save_every": 4,
+                                    "train.eval_every": 6, "train.keep_last": 5})  # fmt: skip
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    pretrainer.train(config(), full)
+    shutil.copytree(full, resumed)
+    for late in ("step-8", "step-12"):
+        shutil.rmtree(resumed / "checkpoints" / late)
+    (resumed / "checkpoints" / "latest").write_text("step-4\n")
+    pretrainer.train(config(), resumed, resume=True)
+    assert without_timings(resumed) == without_timings(full)
+    a, b = (load_file(run / "checkpoints" / "step-12" / "model.safetensors") for run in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_while_saving_leaves_no_trace_and_names_the_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    saves, real_save = [], torch.save
+
+    def save_until_the_disk_fills(state, path):
+        saves.append(path)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(CheckpointError) as error:
+        pretrainer.train(tiny_config(**{"train.max_steps": 6, "train.save_every": 2}), run)
+    monkeypatch.undo()
+    assert str(error.value) == (
+        f"no space left on device while saving step 4; the last good checkpoint is {run}/checkpoints/step-2"
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-2"]
+    assert checkpoint.latest(run).name == "step-2"
+
+
+@pytest.fixture
+def saved_run(tiny_config, tmp_path):
+    run = tmp_path / "saved"
+    pretrainer.train(tiny_config(**{"train.max_steps": 2}), run)
+    return run
+
+
+def test_a_damaged_weights_file_is_refused_by_its_checksum(saved_run):
+    weights = saved_run / "checkpoints" / "step-2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte inside a tensor: still loads as safetensors
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors' is damaged: its SHA-256 differs"):
+        pretrainer.load(saved_run)
+
+
+def test_weights_that_are_not_finite_are_refused(saved_run):
+    ckpt = saved_run / "checkpoints" / "step-2"
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors["blocks.0.mlp.fc.weight"][0, 0] = float("nan")
+    save_file(tensors, ckpt / "model.safetensors")
+    checkpoint.seal(ckpt)  # a checksum that agrees: only the finiteness check can catch it
+    with pytest.raises(CheckpointError, match=r"model.safetensors' holds weights that are not finite \(blocks.0.mlp"):
+        pretrainer.load(saved_run)

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig
+from pretrainer.errors import DataError
 from pretrainer.model import Decoder
 from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text
@@ -49,7 +50,7 @@ def test_causal_logits_ignore_the_future(kind):
 
 
 def test_sequence_longer_than_positions_is_an_error():
-    with pytest.raises(ValueError, match="longer than the model's positions"):
+    with pytest.raises(DataError, match="longer than the model's positions"):
         model(GPT2)(torch.zeros(1, 49, dtype=torch.long))
 
 

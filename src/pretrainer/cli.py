@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from .config import load_config
-from .errors import PretrainerError
+from .errors import CheckpointError, ConfigError, PretrainerError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -42,11 +42,17 @@ def cmd_train(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .model.generate import generate_text
+    from .model.generate import check_sampling, generate_text
     from .train.checkpoint import load
     from .train.trainer import resolve_device
 
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1 (got {args.num_samples})")
+    temperature = 0.0 if args.greedy else args.temperature
+    check_sampling(args.max_new_tokens, temperature, args.top_k, args.top_p)  # before a long load
     model, tokenizer, _ = load(args.checkpoint, resolve_device(args.device), archs=("decoder", "encoder_decoder"))
+    if tokenizer is None:
+        raise CheckpointError(f"'{args.checkpoint}' has no tokenizer.json; generating text needs the model's tokenizer")
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         text = generate_text(
@@ -55,7 +61,7 @@ def cmd_generate(args) -> None:
             args.prompt,
             args.max_new_tokens,
             stop=args.stop,
-            temperature=0.0 if args.greedy else args.temperature,
+            temperature=temperature,
             top_k=args.top_k,
             top_p=args.top_p,
             seed=seed,
@@ -74,8 +80,19 @@ def cmd_convert(args) -> None:
     print(f"wrote {out}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line, like every other user error, and takes no
+    abbreviations (--resum would silently mean --resume)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        raise PretrainerError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrainer", description=__doc__)
+    parser = _Parser(prog="pretrainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="fetch or read a corpus, train a tokenizer, write token shards")
@@ -114,21 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # overrides may come after options (train CFG --run-dir D a.b=1), which argparse alone rejects
-    args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if extra:
-        args.overrides += extra
+    """Run one command; a user's mistake is one line on stderr and exit status 2 (a bug keeps its traceback)."""
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
+        parser = build_parser()
+        # overrides may come after options (train CFG --run-dir D a.b=1), which argparse alone rejects
+        args, extra = parser.parse_known_args(argv)
+        unknown = [e for e in extra if e.startswith("-") or not hasattr(args, "overrides")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if extra:
+            args.overrides += extra
         args.func(args)
     except PretrainerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; a run continues from its last checkpoint with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -168,6 +170,7 @@ _MODEL_CHOICES = {
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
 }
 _CHOICES = {("objective", "name"): ("causal_lm", "mlm", "span_corruption"), ("train", "precision"): ("fp32", "bf16")}
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 OBJECTIVE_OF_ARCH = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
 
 
@@ -186,21 +189,43 @@ def _unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
-def _find_unknown(data, cls=Config, prefix="") -> str | None:
-    """The first dotted key in `data` that the schema lacks (OmegaConf's own message loses the path)."""
-    if not isinstance(data, dict):
-        return None
+def _check_keys(data, cls=Config, prefix="") -> None:
+    """Every key in `data` must be in the schema, and every section a mapping (OmegaConf's own messages lose
+    the dotted path)."""
     known = {f.name: f for f in fields(cls)}
     for key, value in data.items():
         if key not in known:
-            return prefix + str(key)
+            raise _unknown_key_error(prefix + str(key))
         f = known[key]
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            bad = _find_unknown(value, type(default), prefix + key + ".")
-            if bad:
-                return bad
-    return None
+        if is_dataclass(default) and value is not None:
+            if not isinstance(value, dict):
+                first = fields(default)[0].name
+                raise ConfigError(
+                    f"'{prefix}{key}' is a section, not a value: set its keys, e.g. {prefix}{key}.{first}=..."
+                )
+            _check_keys(value, type(default), prefix + key + ".")
+
+
+def _read_recipe(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass a YAML recipe such as configs/gpt-tiny.yaml")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"'{path}' is not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"'{path}' is not UTF-8 text; a recipe is a YAML file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"'{path}' holds a {type(data).__name__}, not sections: write model:, data:, objective:, train:, eval: "
+            "at its top level"
+        )
+    return data
 
 
 def _parse_override(item: str) -> tuple[str, str]:
@@ -212,24 +237,17 @@ def _parse_override(item: str) -> tuple[str, str]:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Build a Config from a YAML recipe (or the defaults) and `section.key=value` overrides."""
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
+    layers = [OmegaConf.structured(Config)]
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; pass a YAML recipe such as configs/gpt-tiny.yaml")
-        data = OmegaConf.to_container(OmegaConf.load(p)) or {}
-        bad = _find_unknown(data)
-        if bad:
-            raise _unknown_key_error(bad)
+        data = _read_recipe(Path(path))
+        _check_keys(data)
         layers.append(OmegaConf.create(data))
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     dotlist = []
     for item in overrides or []:
         key, value = _parse_override(item)
-        if _find_unknown(OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}=0"]))):
-            raise _unknown_key_error(key)
+        _check_keys(OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"])))
         dotlist.append(f"{key}={value}")
     if dotlist:
         layers.append(OmegaConf.from_dotlist(dotlist))
@@ -238,7 +256,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     except ConfigKeyError as e:  # nested key under a leaf, e.g. model.d_model.x
         raise _unknown_key_error(str(e.full_key)) from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"bad value for '{e.full_key}': {e.msg.splitlines()[0]}") from None
+        reason = (e.msg or str(e)).splitlines()[0]
+        raise ConfigError(f"bad value for '{e.full_key}': {reason}") from None
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config
@@ -251,25 +270,44 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
-    m = config.model
+    m, o, t = config.model, config.objective, config.train
     wanted = OBJECTIVE_OF_ARCH[m.arch]
-    if config.objective.name != wanted:
+    if o.name != wanted:
         raise ConfigError(
-            f"model.arch={m.arch} trains with objective.name={wanted}, not {config.objective.name}; "
-            f"set objective.name={wanted} or pick the model that goes with {config.objective.name}"
+            f"model.arch={m.arch} trains with objective.name={wanted}, not {o.name}; "
+            f"set objective.name={wanted} or pick the model that goes with {o.name}"
         )
-    seq = config.objective.seq_len
-    if seq > m.max_seq_len:
+    _check_positive("objective.seq_len", o.seq_len)
+    if o.seq_len > m.max_seq_len:
         raise ConfigError(
-            f"objective.seq_len={seq} is larger than the model's positions (model.max_seq_len="
+            f"objective.seq_len={o.seq_len} is larger than the model's positions (model.max_seq_len="
             f"{m.max_seq_len}); raise model.max_seq_len or lower objective.seq_len"
         )
-    t = config.train
-    for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "save_every", "keep_last"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1 (got {getattr(t, key)})")
+    for key in ("mask_prob", "noise_density"):
+        if not 0.0 < getattr(o, key) < 1.0:
+            raise ConfigError(f"objective.{key} must be between 0 and 1 (got {getattr(o, key)}); 0.15 is usual")
+    if o.mean_span_length < 1:
+        raise ConfigError(f"objective.mean_span_length must be at least 1 token (got {o.mean_span_length})")
+    if o.nsp and not m.nsp_head:
+        raise ConfigError("objective.nsp=true needs a head to predict with: set model.nsp_head=true")
+    _check_positive("data.vocab_size", config.data.vocab_size)
     if not 0.0 < config.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (got {config.data.val_fraction})")
+    for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "save_every", "keep_last"):
+        _check_positive(f"train.{key}", getattr(t, key))
+    _check_positive("eval.batches", config.eval.batches)
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be positive (got {t.lr})")
+    if not 0 <= t.min_lr <= t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr} must be between 0 and train.lr={t.lr}")
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+        if not getattr(t, key) >= 0:
+            raise ConfigError(f"train.{key} must be 0 or more (got {getattr(t, key)})")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be in [0, 1) (got {getattr(t, key)}); 0.9 and 0.95 are usual")
+    if not DEVICES.fullmatch(t.device):
+        raise ConfigError(f"train.device='{t.device}' is not one of auto, cpu, cuda, cuda:N")
 
 
 def to_yaml(config: Config) -> str:
@@ -280,5 +318,5 @@ def from_yaml_text(text: str) -> Config:
     """Read a config saved by `to_yaml` (a run's or a checkpoint's config.yaml)."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    config.model = config.model.resolved()
+    validate(config)
     return config

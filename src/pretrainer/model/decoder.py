@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import DataError
 from .blocks import Block, KVCache, Rotary, init_weights, norm
 from .ops import linear_cross_entropy
 
@@ -43,7 +44,7 @@ class Decoder(nn.Module):
         start = cache[0].length if cache else 0
         t = input_ids.shape[1]
         if start + t > self.config.max_seq_len:
-            raise ValueError(
+            raise DataError(
                 f"sequence of {start + t} tokens is longer than the model's positions "
                 f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
             )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError, DataError
 from .blocks import Block, activate, init_weights, norm
 from .ops import linear_cross_entropy
 
@@ -42,7 +43,7 @@ class Encoder(nn.Module):
         """Hidden states (batch, time, d_model). `padding_mask` (batch, time) is True for real tokens."""
         t = input_ids.shape[1]
         if t > self.config.max_seq_len:
-            raise ValueError(
+            raise DataError(
                 f"sequence of {t} tokens is longer than the model's positions "
                 f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
             )
@@ -66,7 +67,7 @@ class Encoder(nn.Module):
 
     def nsp_loss(self, hidden: torch.Tensor, nsp_labels: torch.Tensor) -> torch.Tensor:
         if self.nsp is None:
-            raise ValueError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
+            raise ConfigError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
         return F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
 
     def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None):
@@ -84,13 +85,15 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def eval_sums(self, input_ids, targets, token_type_ids=None, padding_mask=None, nsp_labels=None):
-        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss,
-        and how many masked tokens the MLM head predicts right (one encoder pass for both)."""
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss, how
+        many masked tokens the MLM head predicts right and, with `nsp_labels`, how many pairs the NSP head does."""
         hidden = self.encode(input_ids, token_type_ids, padding_mask)
         chosen = targets != -100
         logits = self.mlm_logits(hidden[chosen]).float()
         loss = F.cross_entropy(logits, targets[chosen], reduction="sum") / chosen.sum().clamp(min=1)
+        sums = {"mlm_accuracy": ((logits.argmax(-1) == targets[chosen]).sum(), chosen.sum())}
         if nsp_labels is not None:
-            loss = loss + self.nsp_loss(hidden, nsp_labels)
-        correct = (logits.argmax(-1) == targets[chosen]).sum()
-        return {"loss": (loss, 1), "mlm_accuracy": (correct, chosen.sum())}
+            nsp_logits = self.nsp(self.pooled(hidden)).float()
+            loss = loss + F.cross_entropy(nsp_logits, nsp_labels)
+            sums["nsp_accuracy"] = ((nsp_logits.argmax(-1) == nsp_labels).sum(), len(nsp_labels))
+        return {"loss": (loss, 1), **sums}

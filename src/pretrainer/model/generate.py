@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+
+from ..errors import ConfigError
 
 END_OF_TEXT = ("<|endoftext|>", "</s>")  # GPT-style and T5-style end-of-text tokens
 
@@ -34,6 +37,18 @@ def next_token(
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse decoding settings that cannot work, naming the setting."""
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be 0 or more (got {max_new_tokens})")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature must be 0 (greedy) or a positive number (got {temperature})")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be at least 1 (got {top_k}); leave it unset to sample from every token")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1] (got {top_p}); 0.9 is usual, 1 keeps every token")
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -56,6 +71,7 @@ def generate(
     `should_stop` (given the tokens so far) says so. When the sequence outgrows the model's positions, the
     context is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
     """
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     was_training = model.training
     model.eval()
     max_len = model.config.max_seq_len
@@ -107,10 +123,12 @@ def generate_text(
 ) -> str:
     """Text in, text out: the continuation of `prompt` (decoder-only) or the output for input `prompt`
     (encoder-decoder), cut before the first stop string or end-of-text token."""
+    if any(s == "" for s in stop):
+        raise ConfigError("a stop string is empty (it would stop before the first token); give it some text")
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt).ids
     if not ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+        raise ConfigError("the prompt is empty (it encodes to no tokens); give it some text")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     seq2seq = model.config.arch == "encoder_decoder"
     skip = 1 if seq2seq else len(ids)  # the start token, or the prompt

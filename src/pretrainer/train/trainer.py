@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, to_yaml
+from ..config import DEVICES, Config, to_yaml
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, Shards, TokenWindows, prepare
 from ..errors import CheckpointError, ConfigError, TrainingError
@@ -44,6 +44,8 @@ class RunResult:
 
 def resolve_device(name: str) -> torch.device:
     """train.device as a torch device: auto (CUDA when present), cpu, cuda or cuda:N."""
+    if not DEVICES.fullmatch(name):
+        raise ConfigError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -1,0 +1,347 @@
+"""Bad input, as a user gives it: one line on stderr starting with "error:", exit status 2, no traceback, and a
+run folder left as it was. The table is also the README's reliability section (the last test keeps them equal):
+`python -m tests.test_errors` prints it as markdown."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import pretrainer
+from pretrainer import cli
+from pretrainer.model import build_model
+from pretrainer.train import checkpoint
+from tests.conftest import make_corpus, tiny_overrides
+
+RECIPE = "configs/gpt-tiny.yaml"
+README = Path(__file__).parent.parent / "README.md"
+
+
+@dataclass
+class Case:
+    what: str  # what the user did, as the README lists it
+    argv: str  # the command line after `pretrainer`; {run}, {tmp}, ... filled in by `setup`, TINY by tiny overrides
+    says: str  # a part of the one-line message
+    setup: str | None = None  # the name of a function below that prepares files and returns placeholders
+
+
+def train(*overrides):
+    return f"train {RECIPE} --run-dir {{tmp}}/new TINY " + " ".join(overrides)
+
+
+def resume(*overrides):
+    return f"train {RECIPE} --run-dir {{run}} --resume TINY " + " ".join(overrides)
+
+
+def generate(*flags, ckpt="{run}"):
+    return f"generate {ckpt} --prompt Hello " + " ".join(flags)
+
+
+CASES = [
+    # config: sizes, ranges, choices, rules between fields
+    Case("a zero layer count", train("model.n_layer=0"), "model.n_layer must be at least 1 (got 0)"),
+    Case("a negative width", train("model.d_model=-8"), "model.d_model must be at least 1 (got -8)"),
+    Case("zero heads", train("model.n_head=0"), "model.n_head must be at least 1 (got 0)"),
+    Case("zero key/value heads", train("model.n_kv_head=0"), "model.n_kv_head must be at least 1 (got 0)"),
+    Case("heads that kv heads do not divide", train("model.n_kv_head=3"), "not divisible by model.n_kv_head=3"),
+    Case("a width that heads do not divide", train("model.d_model=31"), "model.d_model=31 is not divisible by"),
+    Case("zero positions", train("model.max_seq_len=0"), "model.max_seq_len must be at least 1"),
+    Case("a zero feed-forward size", train("model.d_ff=0"), "model.d_ff must be at least 1 (got 0)"),
+    Case("a zero sequence length", train("objective.seq_len=0"), "objective.seq_len must be at least 1 (got 0)"),
+    Case("a sequence longer than the positions", train("objective.seq_len=1024"), "larger than the model's positions"),
+    Case("a zero tokenizer vocabulary", train("data.vocab_size=0"), "data.vocab_size must be at least 1 (got 0)"),
+    Case("dropout of 1", train("model.dropout=1.0"), "model.dropout must be in [0, 1) (got 1.0)"),
+    Case("negative dropout", train("model.dropout=-0.1"), "model.dropout must be in [0, 1) (got -0.1)"),
+    Case("an unknown device", train("train.device=tpu"), "train.device='tpu' is not one of auto, cpu, cuda, cuda:N"),
+    Case("an unknown architecture", train("model.arch=gpt"), "model.arch='gpt' is not one of"),
+    Case("an unknown activation", train("model.activation=swish"), "model.activation='swish' is not one of"),
+    Case("an unknown precision", train("train.precision=fp16"), "train.precision='fp16' is not one of fp32, bf16"),
+    Case("a decoder with T5's relative positions", train("model.positions=relative"),
+         "model.arch=decoder takes model.positions=learned or rope, not relative"),
+    Case("RoPE with an odd head size", train("model.positions=rope", "model.head_dim=7"),
+         "rope needs an even head size"),
+    Case("decoder layers for a decoder-only model", train("model.n_decoder_layer=2"),
+         "model.n_decoder_layer is for model.arch=encoder_decoder"),
+    Case("an objective of another kind of model", train("objective.name=mlm"),
+         "model.arch=decoder trains with objective.name=causal_lm, not mlm"),
+    Case("next-sentence pairs without an NSP head",
+         train("model.arch=encoder", "objective.name=mlm", "data.tokenizer=wordpiece", "objective.nsp=true"),
+         "objective.nsp=true needs a head to predict with: set model.nsp_head=true"),
+    Case("a masking rate of 0", train("model.arch=encoder", "objective.name=mlm", "objective.mask_prob=0"),
+         "objective.mask_prob must be between 0 and 1 (got 0.0)"),
+    Case("spans shorter than a token", train("objective.mean_span_length=0.5"),
+         "objective.mean_span_length must be at least 1 token"),
+    Case("a learning rate of 0", train("train.lr=0"), "train.lr must be positive (got 0.0)"),
+    Case("a floor above the learning rate", train("train.min_lr=1"), "train.min_lr=1.0 must be between 0 and train.lr"),
+    Case("negative warmup", train("train.warmup_steps=-1"), "train.warmup_steps must be 0 or more (got -1)"),
+    Case("negative clipping", train("train.grad_clip=-1"), "train.grad_clip must be 0 or more"),
+    Case("beta2 of 1", train("train.beta2=1.0"), "train.beta2 must be in [0, 1) (got 1.0)"),
+    Case("a zero batch", train("train.batch_size=0"), "train.batch_size must be at least 1 (got 0)"),
+    Case("zero accumulation steps", train("train.grad_accum=0"), "train.grad_accum must be at least 1 (got 0)"),
+    Case("zero validation batches", train("eval.batches=0"), "eval.batches must be at least 1 (got 0)"),
+    Case("a validation share of 1.5", train("data.val_fraction=1.5"), "data.val_fraction must be between 0 and 1"),
+    Case("a model vocabulary below the tokenizer's", train("model.vocab_size=100"),
+         "model.vocab_size=100 is smaller than the tokenizer's"),
+    # config: how it is written
+    Case("a misspelt key", train("model.d_modle=64"), "did you mean 'model.d_model'"),
+    Case("a value of the wrong type", train("model.d_model=abc"), "bad value for 'model.d_model'"),
+    Case("an override without =", train("model.n_layer"), "'model.n_layer' is not of the form section.key=value"),
+    Case("a section given a value", train("model=5"), "'model' is a section, not a value"),
+    Case("a recipe that does not exist", "train configs/nope.yaml", "config file 'configs/nope.yaml' not found"),
+    Case("a recipe that is not YAML", "train {tmp}/bad.yaml", "is not valid YAML (line 3", "bad_yaml"),
+    Case("a recipe that is a list", "train {tmp}/list.yaml", "holds a list, not sections", "list_yaml"),
+    Case("an unknown key in a recipe", "train {tmp}/typo.yaml", "'train.max_step'; did you mean 'train.max_steps'",
+         "typo_yaml"),
+    Case("no recipe at all", "train", "the following arguments are required: config"),
+    Case("an unknown command", "pretrain x", "invalid choice: 'pretrain'"),
+    Case("an unknown option", f"train {RECIPE} --resum", "unrecognized arguments: --resum"),
+    # data
+    Case("a corpus path that does not exist", train("data.source={tmp}/none.txt"), "no such file, folder or glob"),
+    Case("a corpus folder without text files", train("data.source={tmp}/empty"), "is a folder with no .txt or .jsonl",
+         "empty_folder"),
+    Case("a corpus of blank files", train("data.source={tmp}/blank"), "has no text (every document is empty)",
+         "blank_folder"),
+    Case("a jsonl line that is not JSON", train("data.source={tmp}/bad.jsonl"), "bad.jsonl:2: not valid JSON",
+         "bad_jsonl"),
+    Case("a jsonl line without text", train("data.source={tmp}/notext.jsonl"), "notext.jsonl:1: no string field 'text'",
+         "no_text_jsonl"),
+    Case("a corpus too small for one example", train("data.source={tmp}/tiny.txt"), "too few for examples",
+         "tiny_corpus"),
+    Case("a tokenizer file that does not exist", train("data.tokenizer={tmp}/tok.json"), "tokenizer file", None),
+    Case("a tokenizer file that is not one", train("data.tokenizer={tmp}/garbage.json"),
+         "is not a valid tokenizer.json", "garbage_tokenizer"),
+    Case("BERT with a tokenizer that has no [MASK]",
+         train("model.arch=encoder", "objective.name=mlm", "data.tokenizer=bpe"),
+         r"needs the tokens [CLS], [SEP], [MASK], [PAD]"),
+    # run folders and resuming
+    Case("a run folder that is a file", f"train {RECIPE} --run-dir {{tmp}}/file TINY", "is a file", "a_file"),
+    Case("a run folder inside a file", f"train {RECIPE} --run-dir {{tmp}}/file/run TINY",
+         "cannot be made: '{tmp}/file' is a file", "a_file"),
+    Case("a run folder that cannot be written", f"train {RECIPE} --run-dir {{tmp}}/locked/run TINY",
+         "cannot write to '{tmp}/locked' (permission denied)", "locked"),
+    Case("a new run in a folder with checkpoints", f"train {RECIPE} --run-dir {{run}} TINY",
+         "already holds a run with checkpoints (newest: step-2)"),
+    Case("--resume without a checkpoint", f"train {RECIPE} --run-dir {{tmp}}/new --resume TINY",
+         "--resume: no checkpoint in"),
+    Case("--resume with another model size", resume("model.d_model=64"),
+         "model.d_model is 32 in the checkpoint but 64 now"),
+    Case("--resume below the checkpoint's step", resume("train.max_steps=1"),
+         "step-2 is past train.max_steps=1; set train.max_steps to 2 or more"),
+    Case("--resume with a missing trainer state", resume(), "trainer_state.pt' is missing", "no_state"),
+    Case("--resume with a garbled trainer state", resume(), "trainer_state.pt' cannot be read", "garbled_state"),
+    # checkpoints given to generate
+    Case("a checkpoint path that does not exist", generate(ckpt="{tmp}/nowhere"), "does not exist"),
+    Case("a folder that is no checkpoint", generate(ckpt="{tmp}"), "is neither a checkpoint"),
+    Case("a transformers folder", generate(ckpt="{tmp}/hf"), "convert it first: pretrainer convert", "hf_folder"),
+    Case("an encoder checkpoint", generate(ckpt="{tmp}/bert"), "holds a model.arch=encoder model", "encoder"),
+    Case("weights with a flipped byte", generate(), "model.safetensors' is damaged", "flipped_weights"),
+    Case("truncated weights (no checksums)", generate(), "cannot be read as safetensors", "truncated_weights"),
+    Case("weights that are not finite", generate(), "holds weights that are not finite", "nan_weights"),
+    Case("weights of another model", generate(), "does not fit its config.yaml", "other_weights"),
+    Case("a missing config.yaml", generate(), "config.yaml' is missing", "no_config"),
+    Case("a garbled config.yaml (no checksums)", generate(), "config.yaml' cannot be read as a config",
+         "garbled_config"),
+    Case("a checkpoint config that breaks a rule", generate(), "does not hold a valid config", "invalid_config"),
+    Case("a garbled tokenizer.json (no checksums)", generate(), "tokenizer.json' cannot be read as a tokenizer",
+         "garbled_tokenizer"),
+    Case("a checkpoint without a tokenizer", generate(), "has no tokenizer.json", "no_tokenizer"),
+    # generation settings
+    Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),
+    Case("top-p above 1", generate("--top-p 1.5"), "top_p must be in (0, 1] (got 1.5)"),
+    Case("top-k of 0", generate("--top-k 0"), "top_k must be at least 1 (got 0)"),
+    Case("a negative temperature", generate("--temperature -1"), "temperature must be 0 (greedy) or a positive"),
+    Case("a NaN temperature", generate("--temperature nan"), "temperature must be 0 (greedy) or a positive"),
+    Case("a negative token count", generate("--max-new-tokens -5"), "max_new_tokens must be 0 or more (got -5)"),
+    Case("zero samples", generate("--num-samples 0"), "--num-samples must be at least 1 (got 0)"),
+    Case("an empty stop string", generate("--stop="), "a stop string is empty"),
+    Case("an empty prompt", "generate {run} --prompt=", "the prompt is empty"),
+    Case("a number that is not one", generate("--top-k abc"), "argument --top-k: invalid int value: 'abc'"),
+    Case("an unknown device", generate("--device tpu"), "device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+]  # fmt: skip
+
+
+# setups: each prepares files under tmp (a copy of the trained run at `run` to damage) and returns placeholders
+
+
+def bad_yaml(tmp, run, monkeypatch):
+    (tmp / "bad.yaml").write_text("model:\n  n_layer: [2\n")
+
+
+def list_yaml(tmp, run, monkeypatch):
+    (tmp / "list.yaml").write_text("- model\n- train\n")
+
+
+def typo_yaml(tmp, run, monkeypatch):
+    (tmp / "typo.yaml").write_text("train:\n  max_step: 10\n")
+
+
+def empty_folder(tmp, run, monkeypatch):
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.md").write_text("not a corpus")
+
+
+def blank_folder(tmp, run, monkeypatch):
+    (tmp / "blank").mkdir()
+    (tmp / "blank" / "a.txt").write_text("  \n\n")
+
+
+def bad_jsonl(tmp, run, monkeypatch):
+    (tmp / "bad.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+
+
+def no_text_jsonl(tmp, run, monkeypatch):
+    (tmp / "notext.jsonl").write_text('{"body": "no text"}\n')
+
+
+def tiny_corpus(tmp, run, monkeypatch):
+    (tmp / "tiny.txt").write_text("Too short.\n")
+
+
+def garbage_tokenizer(tmp, run, monkeypatch):
+    (tmp / "garbage.json").write_text('{"not": "a tokenizer"}')
+
+
+def a_file(tmp, run, monkeypatch):
+    (tmp / "file").write_text("a file")
+
+
+def locked(tmp, run, monkeypatch):  # as root every folder is writable: make one look locked
+    (tmp / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp / "locked" and real_access(path, mode))
+
+
+def step_2(run):
+    return run / "checkpoints" / "step-2"
+
+
+def no_state(tmp, run, monkeypatch):
+    (step_2(run) / "trainer_state.pt").unlink()
+
+
+def garbled_state(tmp, run, monkeypatch):
+    (step_2(run) / "trainer_state.pt").write_bytes(b"garbage" * 10)
+    checkpoint.seal(step_2(run))
+
+
+def hf_folder(tmp, run, monkeypatch):
+    (tmp / "hf").mkdir()
+    (tmp / "hf" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+
+
+def encoder(tmp, run, monkeypatch):
+    config = pretrainer.load_config(None, ["model.arch=encoder", "objective.name=mlm", "model.vocab_size=64",
+                                           "model.n_layer=1", "model.d_model=32", "model.n_head=2"])  # fmt: skip
+    (tmp / "bert").mkdir()
+    checkpoint.write_model(tmp / "bert", build_model(config.model), config, None)
+
+
+def flipped_weights(tmp, run, monkeypatch):
+    weights = step_2(run) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def truncated_weights(tmp, run, monkeypatch):
+    weights = step_2(run) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (step_2(run) / checkpoint.CHECKSUMS).unlink()
+
+
+def nan_weights(tmp, run, monkeypatch):
+    tensors = load_file(step_2(run) / "model.safetensors")
+    tensors["norm_f.weight"][0] = float("inf")
+    save_file(tensors, step_2(run) / "model.safetensors")
+    checkpoint.seal(step_2(run))
+
+
+def other_weights(tmp, run, monkeypatch):
+    save_file({"something.else": torch.zeros(3)}, step_2(run) / "model.safetensors")
+    checkpoint.seal(step_2(run))
+
+
+def no_config(tmp, run, monkeypatch):
+    (step_2(run) / "config.yaml").unlink()
+
+
+def garbled_config(tmp, run, monkeypatch):
+    (step_2(run) / "config.yaml").write_text("model: [unclosed\n")
+    (step_2(run) / checkpoint.CHECKSUMS).unlink()
+
+
+def invalid_config(tmp, run, monkeypatch):
+    path = step_2(run) / "config.yaml"
+    path.write_text(path.read_text().replace("  n_head: 2\n", "  n_head: 3\n"))
+    checkpoint.seal(step_2(run))
+
+
+def garbled_tokenizer(tmp, run, monkeypatch):
+    (step_2(run) / "tokenizer.json").write_text("{ not json")
+    (step_2(run) / checkpoint.CHECKSUMS).unlink()
+
+
+def no_tokenizer(tmp, run, monkeypatch):
+    (step_2(run) / "tokenizer.json").unlink()
+    checkpoint.seal(step_2(run))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished two-step run of the tiny GPT, and the overrides that made it."""
+    tmp = tmp_path_factory.mktemp("trained")
+    overrides = tiny_overrides(make_corpus(tmp / "corpus"), tmp / "data", **{"train.max_steps": 2})
+    pretrainer.train(pretrainer.load_config(RECIPE, overrides), tmp / "run")
+    return tmp / "run", overrides
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if
+            p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.what)
+def test_bad_input_gets_one_line(case, trained, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    if case.setup:
+        globals()[case.setup](tmp_path, run, monkeypatch)
+    before = files_of(run)
+    filled = {"{tmp}": str(tmp_path), "{run}": str(run)}
+    argv = []
+    for word in case.argv.split():
+        if word == "TINY":
+            argv += trained[1]
+            continue
+        for key, value in filled.items():
+            word = word.replace(key, value)
+        argv.append(word)
+    assert cli.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    expected = case.says.replace("{tmp}", str(tmp_path))
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert files_of(run) == before  # nothing written, nothing lost
+
+
+def markdown_table() -> str:
+    rows = ["| bad input | the one line says (exit status 2) |", "|---|---|"]
+    for case in CASES:
+        says = case.says.replace("|", "\\|")
+        rows.append(f"| {case.what} | `{says}` |")
+    return "\n".join(rows) + "\n"
+
+
+def test_readme_lists_every_case():
+    assert markdown_table() in README.read_text(), "run `python -m tests.test_errors` and paste its table in README"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -192,9 +192,10 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu" and q.dtype == torch.bfloat16 and position_bias is None:
             # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
-            # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach
+            # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach, and
+            # back, for the projection's bf16 weights when the model itself was cast to bf16
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout)
+                y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout).to(q.dtype)
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, q_size))

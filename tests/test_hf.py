@@ -6,15 +6,10 @@ import pytest
 import torch
 
 from pretrainer.config import ModelConfig
+from pretrainer.convert import export_hf, import_hf
+from pretrainer.errors import ConversionError
 from pretrainer.model import build_model
-from pretrainer.model.hf import (
-    ConversionError,
-    config_from_hf,
-    config_to_hf,
-    export_hf,
-    import_hf,
-    state_dict_from_hf,
-)
+from pretrainer.model.hf import config_from_hf, config_to_hf, state_dict_from_hf
 
 transformers = pytest.importorskip("transformers")
 

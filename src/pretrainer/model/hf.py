@@ -1,21 +1,13 @@
 """Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT and T5.
 
 Each family is data, read one way to import and the other to export: the config fields it fixes, its
-config.json key names, and one table of tensor keys. `transformers` itself is imported only to read GGUF
-files; the training path never needs it.
+config.json key names, and one table of tensor keys. Dicts and tensors in, dicts and tensors out: reading and
+writing files is `pretrainer.convert`'s part.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from ..errors import ConversionError
@@ -352,15 +344,8 @@ def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelCo
     return out
 
 
-def _check_vocab(config: ModelConfig, tokenizer) -> None:
-    if tokenizer is not None and tokenizer.get_vocab_size() > config.vocab_size:
-        raise ConversionError(
-            f"mismatched vocab sizes: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
-            f"embeddings only {config.vocab_size}; use the tokenizer the model was trained with"
-        )
-
-
-def _tokenizer_config(family: str, tokenizer) -> dict:
+def tokenizer_config(family: str, tokenizer) -> dict:
+    """tokenizer_config.json for a `tokenizers` Tokenizer exported with a model of this family."""
     special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
     pick = {
         "gpt2": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
@@ -377,77 +362,10 @@ def _tokenizer_config(family: str, tokenizer) -> dict:
     return {"tokenizer_class": "PreTrainedTokenizerFast"} | {k: v for k, v in pick.items() if v in special}
 
 
-def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
-    """Write a `transformers` directory (config.json, model.safetensors, tokenizer files) for our model.
-    The directory appears complete or not at all; an existing one is never overwritten."""
-    out = Path(out_dir)
-    if out.exists():
-        raise ConversionError(f"'{out}' already exists; remove it or choose another output directory")
-    config = model.config
-    family = family_of(config)
-    _check_vocab(config, tokenizer)
-    tensors = state_dict_to_hf(family, model.state_dict(), config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(family, tokenizer), indent=1))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
-        raise ConversionError(
-            f"no .safetensors weights in '{folder}' (found {found}); pickled .bin weights are not loaded, "
-            "as they can run code: convert them to safetensors first"
-        )
-    tensors = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            tensors.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118 (safe_open has no iterator)
-    return tensors
-
-
-def _read_gguf(path: Path) -> tuple[dict, dict, object]:
-    """(config dict, state dict, tokenizer) of a GGUF file, dequantised by `transformers`' reader."""
-    try:
-        import transformers
-    except ImportError:
-        raise ConversionError("reading GGUF needs `transformers` and `gguf`: pip install transformers gguf") from None
-    try:
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        hf_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except ImportError as e:
-        raise ConversionError(f"reading GGUF needs the `gguf` package ({e}); pip install gguf") from None
-    return hf_model.config.to_dict(), hf_model.state_dict(), hf_tok.backend_tokenizer
-
-
-def import_hf(path: str | Path):
-    """(model, tokenizer or None, notes) from a `transformers` directory or a GGUF file."""
-    from tokenizers import Tokenizer
-
+def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, list[str]]:
+    """(our model in eval mode, notes on what the checkpoint lacked) from a `transformers` config and state dict."""
     from . import build_model
 
-    p = Path(path)
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise ConversionError(f"GGUF file '{p}' not found")
-        hf_config, tensors, tokenizer = _read_gguf(p)
-    else:
-        if not (p / "config.json").is_file():
-            raise ConversionError(f"'{p}' has no config.json; give a transformers model directory or a .gguf file")
-        hf_config = json.loads((p / "config.json").read_text())
-        config_from_hf(hf_config)  # an unsupported architecture says so before any weights are read
-        tensors = _read_safetensors(p)
-        tokenizer = Tokenizer.from_file(str(p / "tokenizer.json")) if (p / "tokenizer.json").is_file() else None
     config = config_from_hf(hf_config)
     family = hf_config["model_type"]
     state, notes = state_dict_from_hf(family, tensors, config)
@@ -457,13 +375,12 @@ def import_hf(path: str | Path):
             f"mismatched vocab sizes: config.json says {config.vocab_size} but the embeddings have "
             f"{embedding.shape[0]} rows"
         )
-    _check_vocab(config, tokenizer)
     model = build_model(config)
     result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     unexpected_missing = [k for k in result.missing_keys if not _is_optional(family, k, config)]
     if unexpected_missing or result.unexpected_keys:
         raise ConversionError(f"weights do not fit: missing {unexpected_missing}, unexpected {result.unexpected_keys}")
-    return model.eval(), tokenizer, notes
+    return model.eval(), notes
 
 
 def _is_optional(family: str, key: str, config: ModelConfig) -> bool:

@@ -43,7 +43,14 @@ class Family:
 
 
 # their activation name -> ours, and ours -> the one we write
-_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+_HF_ACT = {
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+}
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 _COMMON_KEYS = {"vocab_size": "vocab_size", "tie_embeddings": "tie_word_embeddings"}
 
@@ -256,11 +263,15 @@ def _t5_rows(c: ModelConfig) -> Iterator[Row]:
 
 
 def _t5_from_hf(hf: dict) -> dict:
-    activation = hf["feed_forward_proj"].removeprefix("gated-")
-    activation = "gelu_new" if activation == "gelu" else activation  # T5's GELU is the tanh one
+    # as T5Config reads feed_forward_proj: "[gated-]ACT", ACT a transformers activation, except that "gated-gelu"
+    # alone means gelu_new (the tanh GELU of T5 v1.1) for backward compatibility
+    proj = hf["feed_forward_proj"]
+    gated, _, activation = proj.rpartition("-")
+    if gated not in ("", "gated"):
+        raise ConversionError(f"feed_forward_proj={proj!r} in config.json is not 'ACT' or 'gated-ACT'; fix config.json")
     return dict(
-        activation=_HF_ACT[activation],
-        gated_mlp=hf["feed_forward_proj"].startswith("gated-"),
+        activation=_HF_ACT["gelu_new" if proj == "gated-gelu" else activation],
+        gated_mlp=gated == "gated",
         max_seq_len=hf.get("n_positions") or 512,
         # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
         head_scale=hf.get("scale_decoder_outputs", hf["tie_word_embeddings"]),
@@ -268,9 +279,18 @@ def _t5_from_hf(hf: dict) -> dict:
     )
 
 
+def _t5_feed_forward_proj(c: ModelConfig) -> str:
+    """The inverse of T5Config's reading (see _t5_from_hf): "gated-gelu" is taken by the tanh GELU, so a gated exact
+    GELU is written with transformers' other name for it, gelu_python."""
+    activation = _ACT_TO_HF[c.activation]
+    if not c.gated_mlp:
+        return activation
+    return {"gelu_tanh": "gated-gelu", "gelu": "gated-gelu_python"}.get(c.activation, f"gated-{activation}")
+
+
 def _t5_to_hf(c: ModelConfig) -> dict:
     return {
-        "feed_forward_proj": ("gated-gelu" if c.gated_mlp else _ACT_TO_HF[c.activation]),
+        "feed_forward_proj": _t5_feed_forward_proj(c),
         "scale_decoder_outputs": c.head_scale,
         "decoder_start_token_id": c.decoder_start_id,
         "pad_token_id": c.decoder_start_id,

@@ -58,6 +58,7 @@ def hf_configs():
 HF_CLASSES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
+    "llama3-rope": "LlamaForCausalLM",
     "bert": "BertForMaskedLM",
     "t5-v1.0": "T5ForConditionalGeneration",
     "t5-v1.1": "T5ForConditionalGeneration",
@@ -106,7 +107,7 @@ def assert_same(expected, got, pad, name):
     assert (expected - got).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", [n for n in HF_CLASSES if n != "t5-gated-exact-gelu"])
+@pytest.mark.parametrize("name", list(hf_configs()))
 def test_parity_with_transformers(name):
     torch.manual_seed(0)
     hf_config = hf_configs()[name]
@@ -144,6 +145,10 @@ T5_MLPS = {
     "t5-gated-exact-gelu": dict(gated_mlp=True, activation="gelu"),  # written as "gated-gelu_python"
 }
 OURS |= {name: dataclasses.replace(OURS["t5-v1.0"], **mlp) for name, mlp in T5_MLPS.items()}
+OURS["llama3-rope"] = dataclasses.replace(
+    OURS["llama"], max_seq_len=128, rope_theta=500.0, rope_scaling="llama3", rope_scaling_factor=4.0,
+    rope_high_freq_factor=4.0, rope_original_max_seq_len=32,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(OURS))
@@ -214,4 +219,53 @@ def test_malformed_feed_forward_proj():
     with pytest.raises(
         ConversionError, match="feed_forward_proj='geglu-gelu' in config.json is not 'ACT' or 'gated-ACT'"
     ):
+        config_from_hf(hf)
+
+
+LLAMA3_ROPE = dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0)
+
+
+def llama3_hf_config():
+    """Llama with Llama 3.1's RoPE scaling, pretrained on 32 positions and stretched to 128: at head_dim 8 and
+    theta 500 the four wavelengths (6, 30, 140, 664 positions) fall one kept, one smoothed and two stretched."""
+    rope = LLAMA3_ROPE | {"rope_theta": 500.0, "original_max_position_embeddings": 32}
+    return transformers.LlamaConfig(
+        **hf_configs()["llama"].to_dict() | {"max_position_embeddings": 128, "rope_parameters": rope}
+    )
+
+
+def test_llama3_rope_scaling_parity():
+    torch.manual_seed(0)
+    hf_config = llama3_hf_config()
+    theirs = transformers.LlamaForCausalLM(hf_config).eval()
+    config = config_from_hf(hf_config.to_dict())
+    assert (config.rope_scaling, config.rope_scaling_factor, config.rope_original_max_seq_len) == ("llama3", 4.0, 32)
+    expected, pad = hf_logits(theirs, "llama")
+    for scaling, same in ((config.rope_scaling, True), (None, False)):  # and without the scaling, other logits
+        ours = build_model(dataclasses.replace(config, rope_scaling=scaling)).eval()
+        ours.load_state_dict(state_dict_from_hf("llama", theirs.state_dict(), config)[0])
+        got = our_logits(ours, "llama")
+        if same:
+            assert_same(expected, got, pad, "llama")
+        else:
+            assert (expected - got).abs().max() > 1e-2
+
+
+def test_llama3_rope_scaling_in_either_spelling():
+    """transformers 5 writes rope_parameters, rope_theta inside; earlier versions rope_theta and rope_scaling,
+    whose rope_type was once called type."""
+    new = llama3_hf_config().to_dict()
+    rope = dict(new["rope_parameters"])
+    theta = rope.pop("rope_theta")
+    old = {k: v for k, v in new.items() if k != "rope_parameters"} | {"rope_theta": theta, "rope_scaling": rope}
+    legacy = old | {"rope_scaling": {"type" if k == "rope_type" else k: v for k, v in rope.items()}}
+    assert config_from_hf(new) == config_from_hf(old) == config_from_hf(legacy)
+    assert (config_from_hf(new).rope_theta, config_from_hf(new).rope_scaling) == (500.0, "llama3")
+
+
+@pytest.mark.parametrize("spelling", ["rope_scaling", "rope_parameters"])
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn", "longrope"])
+def test_other_rope_scaling_is_refused(kind, spelling):
+    hf = hf_configs()["llama"].to_dict() | {spelling: {"rope_type": kind, "factor": 2.0, "rope_theta": 500.0}}
+    with pytest.raises(ConversionError, match=f"rope scaling '{kind}'.*only 'llama3'"):
         config_from_hf(hf)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig
+from pretrainer.errors import ConfigError
 from pretrainer.model import Decoder, build_model
 from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text
@@ -174,3 +175,17 @@ def test_bf16_model_runs_on_cpu(kind):
     if kind is not BERT:
         out = bf16.generate(x[:, :5], 8, temperature=0)
         assert out.shape == (2, 9 if kind is T5 else 13)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(LLAMA, rope_scaling="yarn"), "model.rope_scaling='yarn' is not one of null, llama3"),
+        (dict(GPT2, rope_scaling="llama3"), "model.rope_scaling is for model.positions=rope, not learned"),
+        (dict(LLAMA, rope_scaling="llama3", rope_high_freq_factor=1.0), "must be larger than model.rope_low_freq"),
+        (dict(LLAMA, rope_scaling="llama3", rope_scaling_factor=0.0), "model.rope_scaling_factor must be positive"),
+    ],
+)
+def test_rope_scaling_rules(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields).resolved()

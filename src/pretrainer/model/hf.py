@@ -133,8 +133,39 @@ def _llama_rows(c: ModelConfig) -> Iterator[Row]:
 
 
 def _llama_from_hf(hf: dict) -> dict:
-    # transformers 5 moved rope_theta into rope_parameters
-    return {"rope_theta": float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))}
+    # transformers 5 moved rope_theta and the scaling into rope_parameters; before, rope_scaling, whose rope_type
+    # was once called type
+    rope = (hf.get("rope_parameters") or {}) | (hf.get("rope_scaling") or {})
+    fields = {"rope_theta": float(hf.get("rope_theta") or rope.get("rope_theta", 10000.0))}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return fields
+    if kind != "llama3":
+        raise ConversionError(
+            f"unsupported rope scaling '{kind}' in config.json; pretrainer implements only 'llama3' (Llama 3.1's) "
+            "and plain RoPE"
+        )
+    return fields | {
+        "rope_scaling": "llama3",
+        "rope_scaling_factor": rope["factor"],
+        "rope_low_freq_factor": rope["low_freq_factor"],
+        "rope_high_freq_factor": rope["high_freq_factor"],
+        "rope_original_max_seq_len": rope.get("original_max_position_embeddings", hf["max_position_embeddings"]),
+    }
+
+
+def _llama_to_hf(c: ModelConfig) -> dict:
+    # rope_theta and rope_scaling: the spelling every transformers version reads
+    if c.rope_scaling is None:
+        return {"rope_theta": c.rope_theta}
+    scaling = {
+        "rope_type": c.rope_scaling,
+        "factor": c.rope_scaling_factor,
+        "low_freq_factor": c.rope_low_freq_factor,
+        "high_freq_factor": c.rope_high_freq_factor,
+        "original_max_position_embeddings": c.rope_original_max_seq_len,
+    }
+    return {"rope_theta": c.rope_theta, "rope_scaling": scaling}
 
 
 LLAMA = Family(
@@ -163,7 +194,7 @@ LLAMA = Family(
     rows=_llama_rows,
     special_tokens={"eos_token": "<|endoftext|>"},
     from_hf=_llama_from_hf,
-    to_hf=lambda c: {"rope_theta": c.rope_theta},
+    to_hf=_llama_to_hf,
 )
 
 

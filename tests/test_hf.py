@@ -2,12 +2,16 @@
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
+from pretrainer import cli
 from pretrainer.config import ModelConfig
-from pretrainer.convert import export_hf, import_hf
+from pretrainer.convert import convert, export_hf, import_hf
 from pretrainer.errors import ConversionError
 from pretrainer.model import build_model
 from pretrainer.model.hf import config_from_hf, config_to_hf, state_dict_from_hf
@@ -269,3 +273,148 @@ def test_other_rope_scaling_is_refused(kind, spelling):
     hf = hf_configs()["llama"].to_dict() | {spelling: {"rope_type": kind, "factor": 2.0, "rope_theta": 500.0}}
     with pytest.raises(ConversionError, match=f"rope scaling '{kind}'.*only 'llama3'"):
         config_from_hf(hf)
+
+
+# `pretrainer convert` given bad input: one line on stderr, exit status 2, nothing written
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    """A small transformers folder (GPT-2) to spoil."""
+    torch.manual_seed(0)
+    return export_hf(build_model(OURS["gpt2"]), None, tmp_path / "hf")
+
+
+def convert_fails(capsys, src, dst, message):
+    """`pretrainer convert SRC DST` exits with 2 and one line naming the problem; nothing appears at DST or beside."""
+    dst = Path(dst)
+    around = set(dst.parent.iterdir()) if dst.parent.is_dir() else None
+    assert cli.main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert not dst.exists()
+    assert around is None or set(dst.parent.iterdir()) == around
+
+
+def edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(edit(config) if callable(edit) else edit)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ('{"model_type": "gpt2", ', r"config\.json' is not valid JSON \(.*line 1"),
+        ("[1, 2]", r"config\.json' holds a list, not a JSON object"),
+        (lambda c: json.dumps({k: v for k, v in c.items() if k != "n_embd"}), "a gpt2 config.json needs 'n_embd'"),
+        (lambda c: json.dumps(c | {"n_layer": "2"}), "'n_layer' in config.json is '2', not an integer"),
+        (
+            lambda c: json.dumps(c | {"layer_norm_epsilon": [1e-5]}),
+            "'layer_norm_epsilon' .* is \\[1e-05\\], not a number",
+        ),
+        (lambda c: json.dumps(c | {"activation_function": "gelu_fast"}), "unsupported activation 'gelu_fast'"),
+        (
+            lambda c: json.dumps(c | {"n_head": 0}),
+            "config.json describes a model pretrainer cannot build: model.n_head",
+        ),
+        (
+            lambda c: json.dumps(c | {"n_inner": 256}),
+            r"weights do not fit config.json: blocks.0.mlp.fc.weight is \(128, 32\)",
+        ),
+    ],
+    ids=[
+        "bad-json",
+        "not-an-object",
+        "missing-key",
+        "str-for-int",
+        "list-for-float",
+        "activation",
+        "zero-heads",
+        "shape",
+    ],
+)
+def test_convert_refuses_a_malformed_config_json(hf_folder, tmp_path, capsys, edit, message):
+    edit_config(hf_folder, edit)
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_a_llama_config_without_hidden_size(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    config = {k: v for k, v in config_to_hf(OURS["llama"]).items() if k != "hidden_size"}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    convert_fails(capsys, tmp_path / "hf", tmp_path / "out", "a llama config.json needs 'hidden_size'")
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda data: b"not a safetensors file at all", r"model\.safetensors' is not a readable safetensors file"),
+        (lambda data: data[: len(data) // 2], r"model\.safetensors' is not a readable safetensors file"),
+    ],
+    ids=["garbage", "truncated"],
+)
+def test_convert_refuses_damaged_safetensors(hf_folder, tmp_path, capsys, spoil, message):
+    weights = hf_folder / "model.safetensors"
+    weights.write_bytes(spoil(weights.read_bytes()))
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_a_damaged_tokenizer_json(hf_folder, tmp_path, capsys):
+    (hf_folder / "tokenizer.json").write_text("{}")
+    convert_fails(capsys, hf_folder, tmp_path / "out", r"tokenizer\.json' is not a tokenizer file")
+
+
+def test_convert_refuses_a_gguf_transformers_cannot_read(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(32))  # a header, cut short
+    convert_fails(capsys, tmp_path / "cut.gguf", tmp_path / "out", r"transformers cannot read '.*cut\.gguf' \(")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_convert_refuses_non_finite_weights(hf_folder, tmp_path, capsys, value):
+    weights = safetensors.torch.load_file(hf_folder / "model.safetensors")
+    weights["transformer.h.1.mlp.c_fc.weight"][3, 5] = value
+    safetensors.torch.save_file(weights, hf_folder / "model.safetensors")
+    message = r"model\.safetensors' holds non-finite values \(NaN or inf\) in 'transformer\.h\.1\.mlp\.c_fc\.weight'"
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_what_is_no_checkpoint(tmp_path, capsys):
+    convert_fails(capsys, tmp_path / "nowhere", tmp_path / "out", "'.*nowhere' does not exist")
+    (tmp_path / "fake.gguf").write_bytes(bytes(range(256)) * 4)
+    convert_fails(capsys, tmp_path / "fake.gguf", tmp_path / "out", r"fake\.gguf' is not a GGUF file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hello")
+    convert_fails(
+        capsys, tmp_path / "folder", tmp_path / "out", "is neither a checkpoint of ours .* nor a transformers"
+    )
+
+
+@pytest.fixture(params=["import", "export"])
+def convertible(request, hf_folder, tmp_path):
+    """A source of either direction: a transformers folder (imported), or a checkpoint of ours (exported)."""
+    if request.param == "import":
+        return hf_folder
+    return convert(str(hf_folder), tmp_path / "ours")[0]
+
+
+def test_convert_refuses_a_destination_inside_a_file(convertible, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    convert_fails(capsys, convertible, tmp_path / "file" / "out", "cannot write .*'.*file' is a file, not a folder")
+
+
+def test_convert_refuses_a_read_only_destination(convertible, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        try:  # root writes anyway
+            (locked / "probe").touch()
+            (locked / "probe").unlink()
+            pytest.skip("this user can write to a read-only folder (root)")
+        except PermissionError:
+            pass
+        convert_fails(capsys, convertible, locked / "out", "cannot write '.*locked/out': Permission denied")
+    finally:
+        locked.chmod(0o755)

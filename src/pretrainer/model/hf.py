@@ -7,13 +7,14 @@ keys. Dicts and tensors in, dicts and tensors out: reading and writing files is 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConversionError
+from ..errors import ConfigError, ConversionError
 
 # One row per tensor of ours: (our key, their key(s) concatenated along dim 0, transpose?).
 Row = tuple[str, tuple[str, ...], bool]
@@ -136,7 +137,7 @@ def _llama_from_hf(hf: dict) -> dict:
     # transformers 5 moved rope_theta and the scaling into rope_parameters; before, rope_scaling, whose rope_type
     # was once called type
     rope = (hf.get("rope_parameters") or {}) | (hf.get("rope_scaling") or {})
-    fields = {"rope_theta": float(hf.get("rope_theta") or rope.get("rope_theta", 10000.0))}
+    fields = {"rope_theta": hf.get("rope_theta") or rope.get("rope_theta", 10000.0)}
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind == "default":
         return fields
@@ -297,11 +298,11 @@ def _t5_from_hf(hf: dict) -> dict:
     # as T5Config reads feed_forward_proj: "[gated-]ACT", ACT a transformers activation, except that "gated-gelu"
     # alone means gelu_new (the tanh GELU of T5 v1.1) for backward compatibility
     proj = hf["feed_forward_proj"]
-    gated, _, activation = proj.rpartition("-")
+    gated, _, activation = str(proj).rpartition("-")
     if gated not in ("", "gated"):
         raise ConversionError(f"feed_forward_proj={proj!r} in config.json is not 'ACT' or 'gated-ACT'; fix config.json")
     return dict(
-        activation=_HF_ACT["gelu_new" if proj == "gated-gelu" else activation],
+        activation=_activation("gelu_new" if proj == "gated-gelu" else activation),
         gated_mlp=gated == "gated",
         max_seq_len=hf.get("n_positions") or 512,
         # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
@@ -386,10 +387,44 @@ def config_from_hf(hf: dict) -> ModelConfig:
     """Our ModelConfig for a `transformers` config.json (as a dict)."""
     family = _family(hf.get("model_type"))
     hf = family.defaults | hf
-    fields = family.fixes | {ours: hf[theirs] for ours, theirs in family.keys.items()}
-    if family.activation_key is not None:
-        fields["activation"] = _HF_ACT[hf[family.activation_key]]
-    return ModelConfig(**fields | family.from_hf(hf)).resolved()
+    try:
+        fields = family.fixes | {ours: hf[theirs] for ours, theirs in family.keys.items()}
+        if family.activation_key is not None:
+            fields["activation"] = _activation(hf[family.activation_key])
+        fields |= family.from_hf(hf)
+    except KeyError as e:
+        raise ConversionError(
+            f"a {family.name} config.json needs '{e.args[0]}'; use the config.json the weights came with"
+        ) from None
+    for name, value in fields.items():
+        where = f"'{family.keys[name]}' in config.json" if name in family.keys else f"config.json's model.{name}"
+        fields[name] = _typed(name, value, where)
+    try:
+        return ModelConfig(**fields).resolved()
+    except ConfigError as e:
+        raise ConversionError(f"config.json describes a model pretrainer cannot build: {e}") from None
+
+
+_FIELD_TYPES = typing.get_type_hints(ModelConfig)
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _typed(name: str, value, where: str):
+    """`value` for our field `name` if JSON gave it the field's type; an integer stands for a float too."""
+    types = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
+    if type(value) in types:  # not isinstance: true is no integer here
+        return value
+    if type(value) is int and float in types:
+        return float(value)
+    raise ConversionError(f"{where} is {value!r}, not {' or '.join(_TYPE_NAMES[t] for t in types)}; fix config.json")
+
+
+def _activation(theirs) -> str:
+    if not isinstance(theirs, str) or theirs not in _HF_ACT:
+        raise ConversionError(
+            f"unsupported activation {theirs!r} in config.json; pretrainer reads {', '.join(_HF_ACT)}"
+        )
+    return _HF_ACT[theirs]
 
 
 def family_of(config: ModelConfig) -> str:
@@ -471,6 +506,13 @@ def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor]) -> tuple[to
             f"{embedding.shape[0]} rows"
         )
     model = build_model(config)
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tensor.shape != expected[key].shape:
+            raise ConversionError(
+                f"the weights do not fit config.json: {key} is {tuple(tensor.shape)} where config.json makes it "
+                f"{tuple(expected[key].shape)}; use the config.json the weights came with"
+            )
     result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     tied = {"lm_head.weight", "mlm_decoder.weight"} if config.tie_embeddings else set()
     missing = [k for k in result.missing_keys if k not in tied and k.split(".")[0] not in family.optional]

@@ -418,3 +418,20 @@ def test_convert_refuses_a_read_only_destination(convertible, tmp_path, capsys):
         convert_fails(capsys, convertible, locked / "out", "cannot write '.*locked/out': Permission denied")
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("bert", dict(n_kv_head=2), "n_kv_head == n_head and head_dim == d_model / n_head"),
+        ("bert", dict(head_dim=16), "n_kv_head == n_head and head_dim == d_model / n_head"),
+        ("t5-v1.0", dict(n_kv_head=2), "n_kv_head == n_head"),
+        ("gpt2", dict(n_kv_head=2), "n_kv_head == n_head and head_dim == d_model / n_head"),
+    ],
+)
+def test_attention_shapes_their_family_lacks_are_refused(name, change, message, tmp_path):
+    """BERT and GPT-2 have no grouped-query attention nor a head size of their own, T5 no grouped-query attention:
+    such a model would export as a folder that from_pretrained refuses."""
+    with pytest.raises(ConversionError, match=f"it needs {re.escape(message)}"):
+        export_hf(build_model(dataclasses.replace(OURS[name], **change)), None, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -83,13 +83,16 @@ def _gpt2_rows(c: ModelConfig) -> Iterator[Row]:
     yield from _untied_head(c)
 
 
-def _gpt2_needs(c: ModelConfig) -> list[str]:
-    needs = []
-    if c.activation not in ("gelu", "gelu_tanh", "relu"):
-        needs.append("a GELU or ReLU activation")
+def _plain_heads(c: ModelConfig) -> list[str]:
+    """What a family without grouped-query attention or a head size of its own needs."""
     if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.d_model:
-        needs.append("n_kv_head == n_head and head_dim == d_model / n_head")
-    return needs
+        return ["n_kv_head == n_head and head_dim == d_model / n_head"]
+    return []
+
+
+def _gpt2_needs(c: ModelConfig) -> list[str]:
+    needs = [] if c.activation in ("gelu", "gelu_tanh", "relu") else ["a GELU or ReLU activation"]
+    return needs + _plain_heads(c)
 
 
 GPT2 = Family(
@@ -262,6 +265,7 @@ BERT = Family(
         "pooler": "pooler",
         "nsp": "NSP head",
     },
+    needs=_plain_heads,
     bare_prefix="bert.",  # a bare BertModel, as sentence encoders ship
 )
 
@@ -370,6 +374,7 @@ T5 = Family(
     special_tokens={"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
     from_hf=_t5_from_hf,
     to_hf=_t5_to_hf,
+    needs=lambda c: [] if c.n_kv_head == c.n_head else ["n_kv_head == n_head"],  # d_kv is T5's head size
 )
 
 FAMILIES = {f.name: f for f in (GPT2, LLAMA, BERT, T5)}

@@ -1,20 +1,20 @@
 """Hugging Face `transformers` checkpoints: logits parity with random weights, and round trips both ways."""
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
+from pretrainer import cli
 from pretrainer.config import ModelConfig
+from pretrainer.convert import convert, export_hf, import_hf
+from pretrainer.errors import ConversionError
 from pretrainer.model import build_model
-from pretrainer.model.hf import (
-    ConversionError,
-    config_from_hf,
-    config_to_hf,
-    export_hf,
-    import_hf,
-    state_dict_from_hf,
-)
+from pretrainer.model.hf import config_from_hf, config_to_hf, state_dict_from_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,15 +47,28 @@ def hf_configs():
             tie_word_embeddings=False, relative_attention_num_buckets=8, relative_attention_max_distance=20,
             decoder_start_token_id=0, **common,
         ),
+        # "gated-gelu" alone means the tanh GELU (T5 v1.1's); any other "[gated-]ACT" means ACT itself
+        "t5-gated-silu": transformers.T5Config(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0, feed_forward_proj="gated-silu",
+            relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0, **common,
+        ),
+        "t5-gelu": transformers.T5Config(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0, feed_forward_proj="gelu",
+            relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0, **common,
+        ),
     }  # fmt: skip
 
 
 HF_CLASSES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
+    "llama3-rope": "LlamaForCausalLM",
     "bert": "BertForMaskedLM",
     "t5-v1.0": "T5ForConditionalGeneration",
     "t5-v1.1": "T5ForConditionalGeneration",
+    "t5-gated-silu": "T5ForConditionalGeneration",
+    "t5-gelu": "T5ForConditionalGeneration",
+    "t5-gated-exact-gelu": "T5ForConditionalGeneration",
 }
 
 
@@ -98,7 +111,7 @@ def assert_same(expected, got, pad, name):
     assert (expected - got).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", list(HF_CLASSES))
+@pytest.mark.parametrize("name", list(hf_configs()))
 def test_parity_with_transformers(name):
     torch.manual_seed(0)
     hf_config = hf_configs()[name]
@@ -129,20 +142,33 @@ OURS = {
         activation="relu", bias=False, scale_attention=False, head_scale=True,
     ),
 }  # fmt: skip
+T5_MLPS = {
+    "t5-v1.1": dict(gated_mlp=True, activation="gelu_tanh", head_scale=False),
+    "t5-gated-silu": dict(gated_mlp=True, activation="silu"),
+    "t5-gelu": dict(activation="gelu"),
+    "t5-gated-exact-gelu": dict(gated_mlp=True, activation="gelu"),  # written as "gated-gelu_python"
+}
+OURS |= {name: dataclasses.replace(OURS["t5-v1.0"], **mlp) for name, mlp in T5_MLPS.items()}
+OURS["llama3-rope"] = dataclasses.replace(
+    OURS["llama"], max_seq_len=128, rope_theta=500.0, rope_scaling="llama3", rope_scaling_factor=4.0,
+    rope_high_freq_factor=4.0, rope_original_max_seq_len=32,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(OURS))
 def test_export_then_from_pretrained_and_back(name, tmp_path):
     torch.manual_seed(1)
     ours = build_model(OURS[name]).eval()
-    for p in ours.parameters():  # bigger than the init's 0.02 so that differences would show
-        torch.nn.init.normal_(p, std=0.3)
+    # logits of a few units: exact GELU against its tanh approximation shows (>= 6e-4 here), fp32 rounding does not
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.5)
     out = export_hf(ours, None, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["architectures"] == [HF_CLASSES[name]]
     theirs = getattr(transformers, HF_CLASSES[name]).from_pretrained(out).eval()
     expected, pad = hf_logits(theirs, name)
     assert_same(expected, our_logits(ours, name), pad, name)
     back, _, notes = import_hf(out)
+    assert back.config == ours.config
     assert_same(our_logits(ours, name), our_logits(back, name), pad, name)
 
 
@@ -180,7 +206,7 @@ def test_not_every_model_fits_a_family():
         export_hf(build_model(pre_ln_bert), None, "/nonexistent/never-written")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "t5-v1.0"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu"])
 def test_config_round_trip(name):
     """transformers config -> ours -> transformers config -> ours: the same config, and their keys kept."""
     hf = hf_configs()[name].to_dict()
@@ -190,3 +216,222 @@ def test_config_round_trip(name):
     for key, value in exported.items():  # every shape key we write says what their config says
         if hf.get(key) is not None and not key.endswith("_token_id"):  # None: their default, which we spell out
             assert hf[key] == value, key
+
+
+def test_malformed_feed_forward_proj():
+    hf = hf_configs()["t5-v1.0"].to_dict() | {"feed_forward_proj": "geglu-gelu"}
+    with pytest.raises(
+        ConversionError, match="feed_forward_proj='geglu-gelu' in config.json is not 'ACT' or 'gated-ACT'"
+    ):
+        config_from_hf(hf)
+
+
+LLAMA3_ROPE = dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0)
+
+
+def llama3_hf_config():
+    """Llama with Llama 3.1's RoPE scaling, pretrained on 32 positions and stretched to 128: at head_dim 8 and
+    theta 500 the four wavelengths (6, 30, 140, 664 positions) fall one kept, one smoothed and two stretched."""
+    rope = LLAMA3_ROPE | {"rope_theta": 500.0, "original_max_position_embeddings": 32}
+    return transformers.LlamaConfig(
+        **hf_configs()["llama"].to_dict() | {"max_position_embeddings": 128, "rope_parameters": rope}
+    )
+
+
+def test_llama3_rope_scaling_parity():
+    torch.manual_seed(0)
+    hf_config = llama3_hf_config()
+    theirs = transformers.LlamaForCausalLM(hf_config).eval()
+    config = config_from_hf(hf_config.to_dict())
+    assert (config.rope_scaling, config.rope_scaling_factor, config.rope_original_max_seq_len) == ("llama3", 4.0, 32)
+    expected, pad = hf_logits(theirs, "llama")
+    for scaling, same in ((config.rope_scaling, True), (None, False)):  # and without the scaling, other logits
+        ours = build_model(dataclasses.replace(config, rope_scaling=scaling)).eval()
+        ours.load_state_dict(state_dict_from_hf("llama", theirs.state_dict(), config)[0])
+        got = our_logits(ours, "llama")
+        if same:
+            assert_same(expected, got, pad, "llama")
+        else:
+            assert (expected - got).abs().max() > 1e-2
+
+
+def test_llama3_rope_scaling_in_either_spelling():
+    """transformers 5 writes rope_parameters, rope_theta inside; earlier versions rope_theta and rope_scaling,
+    whose rope_type was once called type."""
+    new = llama3_hf_config().to_dict()
+    rope = dict(new["rope_parameters"])
+    theta = rope.pop("rope_theta")
+    old = {k: v for k, v in new.items() if k != "rope_parameters"} | {"rope_theta": theta, "rope_scaling": rope}
+    legacy = old | {"rope_scaling": {"type" if k == "rope_type" else k: v for k, v in rope.items()}}
+    assert config_from_hf(new) == config_from_hf(old) == config_from_hf(legacy)
+    assert (config_from_hf(new).rope_theta, config_from_hf(new).rope_scaling) == (500.0, "llama3")
+
+
+@pytest.mark.parametrize("spelling", ["rope_scaling", "rope_parameters"])
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn", "longrope"])
+def test_other_rope_scaling_is_refused(kind, spelling):
+    hf = hf_configs()["llama"].to_dict() | {spelling: {"rope_type": kind, "factor": 2.0, "rope_theta": 500.0}}
+    with pytest.raises(ConversionError, match=f"rope scaling '{kind}'.*only 'llama3'"):
+        config_from_hf(hf)
+
+
+# `pretrainer convert` given bad input: one line on stderr, exit status 2, nothing written
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    """A small transformers folder (GPT-2) to spoil."""
+    torch.manual_seed(0)
+    return export_hf(build_model(OURS["gpt2"]), None, tmp_path / "hf")
+
+
+def convert_fails(capsys, src, dst, message):
+    """`pretrainer convert SRC DST` exits with 2 and one line naming the problem; nothing appears at DST or beside."""
+    dst = Path(dst)
+    around = set(dst.parent.iterdir()) if dst.parent.is_dir() else None
+    assert cli.main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert not dst.exists()
+    assert around is None or set(dst.parent.iterdir()) == around
+
+
+def edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(edit(config) if callable(edit) else edit)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ('{"model_type": "gpt2", ', r"config\.json' is not valid JSON \(.*line 1"),
+        ("[1, 2]", r"config\.json' holds a list, not a JSON object"),
+        (lambda c: json.dumps({k: v for k, v in c.items() if k != "n_embd"}), "a gpt2 config.json needs 'n_embd'"),
+        (lambda c: json.dumps(c | {"n_layer": "2"}), "'n_layer' in config.json is '2', not an integer"),
+        (
+            lambda c: json.dumps(c | {"layer_norm_epsilon": [1e-5]}),
+            "'layer_norm_epsilon' .* is \\[1e-05\\], not a number",
+        ),
+        (lambda c: json.dumps(c | {"activation_function": "gelu_fast"}), "unsupported activation 'gelu_fast'"),
+        (
+            lambda c: json.dumps(c | {"n_head": 0}),
+            "config.json describes a model pretrainer cannot build: model.n_head",
+        ),
+        (
+            lambda c: json.dumps(c | {"n_inner": 256}),
+            r"weights do not fit config.json: blocks.0.mlp.fc.weight is \(128, 32\)",
+        ),
+    ],
+    ids=[
+        "bad-json",
+        "not-an-object",
+        "missing-key",
+        "str-for-int",
+        "list-for-float",
+        "activation",
+        "zero-heads",
+        "shape",
+    ],
+)
+def test_convert_refuses_a_malformed_config_json(hf_folder, tmp_path, capsys, edit, message):
+    edit_config(hf_folder, edit)
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_a_llama_config_without_hidden_size(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    config = {k: v for k, v in config_to_hf(OURS["llama"]).items() if k != "hidden_size"}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    convert_fails(capsys, tmp_path / "hf", tmp_path / "out", "a llama config.json needs 'hidden_size'")
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda data: b"not a safetensors file at all", r"model\.safetensors' is not a readable safetensors file"),
+        (lambda data: data[: len(data) // 2], r"model\.safetensors' is not a readable safetensors file"),
+    ],
+    ids=["garbage", "truncated"],
+)
+def test_convert_refuses_damaged_safetensors(hf_folder, tmp_path, capsys, spoil, message):
+    weights = hf_folder / "model.safetensors"
+    weights.write_bytes(spoil(weights.read_bytes()))
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_a_damaged_tokenizer_json(hf_folder, tmp_path, capsys):
+    (hf_folder / "tokenizer.json").write_text("{}")
+    convert_fails(capsys, hf_folder, tmp_path / "out", r"tokenizer\.json' is not a tokenizer file")
+
+
+def test_convert_refuses_a_gguf_transformers_cannot_read(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(32))  # a header, cut short
+    convert_fails(capsys, tmp_path / "cut.gguf", tmp_path / "out", r"transformers cannot read '.*cut\.gguf' \(")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_convert_refuses_non_finite_weights(hf_folder, tmp_path, capsys, value):
+    weights = safetensors.torch.load_file(hf_folder / "model.safetensors")
+    weights["transformer.h.1.mlp.c_fc.weight"][3, 5] = value
+    safetensors.torch.save_file(weights, hf_folder / "model.safetensors")
+    message = r"model\.safetensors' holds non-finite values \(NaN or inf\) in 'transformer\.h\.1\.mlp\.c_fc\.weight'"
+    convert_fails(capsys, hf_folder, tmp_path / "out", message)
+
+
+def test_convert_refuses_what_is_no_checkpoint(tmp_path, capsys):
+    convert_fails(capsys, tmp_path / "nowhere", tmp_path / "out", "'.*nowhere' does not exist")
+    (tmp_path / "fake.gguf").write_bytes(bytes(range(256)) * 4)
+    convert_fails(capsys, tmp_path / "fake.gguf", tmp_path / "out", r"fake\.gguf' is not a GGUF file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hello")
+    convert_fails(
+        capsys, tmp_path / "folder", tmp_path / "out", "is neither a checkpoint of ours .* nor a transformers"
+    )
+
+
+@pytest.fixture(params=["import", "export"])
+def convertible(request, hf_folder, tmp_path):
+    """A source of either direction: a transformers folder (imported), or a checkpoint of ours (exported)."""
+    if request.param == "import":
+        return hf_folder
+    return convert(str(hf_folder), tmp_path / "ours")[0]
+
+
+def test_convert_refuses_a_destination_inside_a_file(convertible, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    convert_fails(capsys, convertible, tmp_path / "file" / "out", "cannot write .*'.*file' is a file, not a folder")
+
+
+def test_convert_refuses_a_read_only_destination(convertible, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        try:  # root writes anyway
+            (locked / "probe").touch()
+            (locked / "probe").unlink()
+            pytest.skip("this user can write to a read-only folder (root)")
+        except PermissionError:
+            pass
+        convert_fails(capsys, convertible, locked / "out", "cannot write '.*locked/out': Permission denied")
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("bert", dict(n_kv_head=2), "n_kv_head == n_head and head_dim == d_model / n_head"),
+        ("bert", dict(head_dim=16), "n_kv_head == n_head and head_dim == d_model / n_head"),
+        ("t5-v1.0", dict(n_kv_head=2), "n_kv_head == n_head"),
+        ("gpt2", dict(n_kv_head=2), "n_kv_head == n_head and head_dim == d_model / n_head"),
+    ],
+)
+def test_attention_shapes_their_family_lacks_are_refused(name, change, message, tmp_path):
+    """BERT and GPT-2 have no grouped-query attention nor a head size of their own, T5 no grouped-query attention:
+    such a model would export as a folder that from_pretrained refuses."""
+    with pytest.raises(ConversionError, match=f"it needs {re.escape(message)}"):
+        export_hf(build_model(dataclasses.replace(OURS[name], **change)), None, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -1,10 +1,12 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig
-from pretrainer.errors import DataError
-from pretrainer.model import Decoder
+from pretrainer.errors import ConfigError, DataError
+from pretrainer.model import Decoder, build_model
 from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text
 from pretrainer.model.ops import linear_cross_entropy
@@ -144,3 +146,46 @@ def test_rms_norm_gradients_equal_torch_rms_norm(dtype):
         assert g.dtype == dtype and torch.allclose(e, g, rtol=rtol, atol=atol)
     with torch.no_grad():  # inference takes torch's path
         assert torch.allclose(ours(x), expected, rtol=rtol, atol=atol)
+
+
+BERT = dict(GPT2, arch="encoder", norm_position="post", activation="gelu", type_vocab_size=2, d_ff=64, norm_eps=1e-12)
+T5 = dict(
+    GPT2, arch="encoder_decoder", n_decoder_layer=3, positions="relative", norm="rmsnorm", activation="gelu_tanh",
+    gated_mlp=True, bias=False, scale_attention=False, relative_buckets=8, relative_max_distance=20,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [GPT2, LLAMA, BERT, T5], ids=["gpt2", "llama", "bert", "t5"])
+def test_bf16_model_runs_on_cpu(kind):
+    """A model cast with .to(bfloat16) computes in bf16 end to end (CPU attention upcasts inside only) and gives
+    the fp32 model's logits up to bf16 rounding; the generating kinds generate, cache and all."""
+    torch.manual_seed(0)
+    fp32 = build_model(ModelConfig(**kind)).eval()
+    with torch.no_grad():
+        for p in fp32.parameters():  # larger than the init's 0.02, so that the logits spread
+            p.normal_(0.0, 0.3)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    x = torch.randint(0, 97, (2, 12))
+    args = (x, x[:, :7]) if kind is T5 else (x,)
+    with torch.no_grad():
+        expected, got = fp32(*args)[0], bf16(*args)[0]
+    assert got.dtype == torch.bfloat16
+    assert expected.abs().max() > 1.0
+    assert (got.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+    if kind is not BERT:
+        out = bf16.generate(x[:, :5], 8, temperature=0)
+        assert out.shape == (2, 9 if kind is T5 else 13)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(LLAMA, rope_scaling="yarn"), "model.rope_scaling='yarn' is not one of null, llama3"),
+        (dict(GPT2, rope_scaling="llama3"), "model.rope_scaling is for model.positions=rope, not learned"),
+        (dict(LLAMA, rope_scaling="llama3", rope_high_freq_factor=1.0), "must be larger than model.rope_low_freq"),
+        (dict(LLAMA, rope_scaling="llama3", rope_scaling_factor=0.0), "model.rope_scaling_factor must be positive"),
+    ],
+)
+def test_rope_scaling_rules(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields).resolved()

@@ -35,6 +35,11 @@ class ModelConfig:
     max_seq_len: int = 256
     positions: str = "learned"  # learned | rope | relative (T5's bucketed bias, shared by all layers)
     rope_theta: float = 10000.0
+    rope_scaling: str | None = None  # None | llama3: Llama 3.1's long-context RoPE frequencies, set by the four below
+    rope_scaling_factor: float = 8.0  # wavelengths longer than original / low_freq_factor are this many times longer
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0  # wavelengths shorter than original / high_freq_factor are kept
+    rope_original_max_seq_len: int = 8192  # the context the model was pretrained with before scaling
     relative_buckets: int = 32
     relative_max_distance: int = 128
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -67,6 +72,20 @@ class ModelConfig:
         for key in ("rope_theta", "norm_eps", "init_std"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"model.{key} must be positive (got {getattr(self, key)})")
+        if self.rope_scaling not in (None, "llama3"):
+            raise ConfigError(f"model.rope_scaling={self.rope_scaling!r} is not one of null, llama3")
+        if self.rope_scaling is not None:
+            if self.positions != "rope":
+                raise ConfigError(f"model.rope_scaling is for model.positions=rope, not {self.positions}")
+            for key in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+                if not getattr(self, key) > 0:
+                    raise ConfigError(f"model.{key} must be positive (got {getattr(self, key)})")
+            if not self.rope_high_freq_factor > self.rope_low_freq_factor:
+                raise ConfigError(
+                    f"model.rope_high_freq_factor={self.rope_high_freq_factor} must be larger than "
+                    f"model.rope_low_freq_factor={self.rope_low_freq_factor} (Llama 3.1 uses 4 and 1)"
+                )
+            _check_positive("model.rope_original_max_seq_len", self.rope_original_max_seq_len)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout}); 0.1 is usual, 0 turns it off")
         if self.type_vocab_size < 0:

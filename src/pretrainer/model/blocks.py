@@ -60,10 +60,13 @@ class RMSNorm(nn.RMSNorm):
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE) in the rotate-half layout that Llama checkpoints use."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        if config.rope_scaling == "llama3":
+            inv_freq = llama3_frequencies(inv_freq, config)
+        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -75,6 +78,16 @@ class Rotary(nn.Module):
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Llama 3.1's RoPE for contexts longer than the pretraining one: rotations whose wavelength is short next to
+    that context (under original / high_freq_factor positions) are kept, slow ones (over original /
+    low_freq_factor) are slowed by `factor`, and those between are interpolated smoothly."""
+    wavelength = 2 * math.pi / inv_freq
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    smooth = ((config.rope_original_max_seq_len / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / config.rope_scaling_factor + smooth * inv_freq
 
 
 class KVCache:
@@ -192,9 +205,10 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu" and q.dtype == torch.bfloat16 and position_bias is None:
             # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
-            # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach
+            # benchmarks/RESULTS.md) and fp32 scores are more accurate: upcast, out of autocast's reach, and
+            # back, for the projection's bf16 weights when the model itself was cast to bf16
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout)
+                y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout).to(q.dtype)
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, q_size))

@@ -21,9 +21,7 @@ class Decoder(nn.Module):
         self.config = config = config.resolved()  # every size spelled out
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
-        self.rotary = (
-            Rotary(config.head_dim, config.max_seq_len, config.rope_theta) if config.positions == "rope" else None
-        )
+        self.rotary = Rotary(config) if config.positions == "rope" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
         self.norm_f = norm(config)

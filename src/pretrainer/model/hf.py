@@ -1,70 +1,106 @@
 """Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT and T5.
 
-Each family is data, read one way to import and the other to export: the config fields it fixes, its
-config.json key names, and one table of tensor keys. `transformers` itself is imported only to read GGUF
-files; the training path never needs it.
+Each family is one record (`Family`, in `FAMILIES`), read one way to import and the other to export: the config
+fields it fixes, its config.json key names and defaults, its tokenizer's special tokens and one table of tensor
+keys. Dicts and tensors in, dicts and tensors out: reading and writing files is `pretrainer.convert`'s part.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..config import ModelConfig
-from ..errors import ConversionError
+from ..errors import ConfigError, ConversionError
 
-FAMILIES = ("gpt2", "llama", "bert", "t5")
-ARCHITECTURES = {
-    "gpt2": "GPT2LMHeadModel",
-    "llama": "LlamaForCausalLM",
-    "bert": "BertForMaskedLM",
-    "t5": "T5ForConditionalGeneration",
+# One row per tensor of ours: (our key, their key(s) concatenated along dim 0, transpose?).
+Row = tuple[str, tuple[str, ...], bool]
+
+
+def _row(ours: str, *theirs: str, transpose: bool = False) -> Row:
+    return ours, theirs, transpose
+
+
+@dataclass(frozen=True)
+class Family:
+    """One `transformers` family in our terms."""
+
+    name: str  # transformers' model_type
+    architecture: str  # the class its checkpoints are for (config.json's "architectures")
+    fixes: dict  # our ModelConfig fields the family fixes: set on import, required on export
+    keys: dict  # our ModelConfig field -> their config.json key, for the fields that are plain renames
+    activation_key: str | None  # their key naming the MLP's activation (None: `from_hf`/`to_hf` spell it)
+    defaults: dict  # transformers' values for the keys above that a config.json may leave out
+    rows: Callable[[ModelConfig], Iterator[Row]]  # every tensor of ours and where theirs is
+    special_tokens: dict  # tokenizer_config.json entries, written when the tokenizer has that token
+    from_hf: Callable[[dict], dict] = lambda hf: {}  # our fields that are not plain renames, from their config
+    to_hf: Callable[[ModelConfig], dict] = lambda c: {}  # their keys that are not plain renames, from ours
+    needs: Callable[[ModelConfig], list[str]] = lambda c: []  # what an exported model needs beyond `fixes`
+    optional: dict = field(default_factory=dict)  # our modules a real checkpoint may lack -> what to call them
+    bare_prefix: str | None = None  # the prefix a bare base model (no heads) leaves off its tensor keys
+
+
+# their activation name -> ours, and ours -> the one we write
+_HF_ACT = {
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
 }
-_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-
-
-def _unsupported(kind) -> ConversionError:
-    return ConversionError(
-        f"unsupported architecture '{kind}' in config.json; pretrainer converts {', '.join(FAMILIES)}"
-    )
-
-
-def _rope_theta(hf: dict) -> float:
-    # transformers 5 moved rope_theta into rope_parameters
-    return float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-
-
-# What each family fixes in our ModelConfig: set on import, required on export.
-_FAMILY_FIELDS = {
-    "gpt2": dict(
-        arch="decoder", positions="learned", norm="layernorm", norm_position="pre", gated_mlp=False, bias=True
-    ),
-    "llama": dict(arch="decoder", positions="rope", norm="rmsnorm", norm_position="pre", gated_mlp=True, bias=False),
-    "bert": dict(
-        arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False, bias=True
-    ),
-    "t5": dict(
-        arch="encoder_decoder",
-        positions="relative",
-        norm="rmsnorm",
-        norm_position="pre",
-        bias=False,
-        scale_attention=False,
-        tie_embeddings=True,  # transformers 5 always ties T5's head
-    ),
-}
-# Config fields that are plain renames: our ModelConfig field -> their config.json key, common to all families,
-# then per family. Read one way to import, the other to export; conversions are written out in the functions.
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 _COMMON_KEYS = {"vocab_size": "vocab_size", "tie_embeddings": "tie_word_embeddings"}
-_CONFIG_KEYS = {
-    "gpt2": {
+
+
+def _untied_head(c: ModelConfig) -> Iterator[Row]:
+    if not c.tie_embeddings:
+        yield _row("lm_head.weight", "lm_head.weight")
+
+
+def _gpt2_rows(c: ModelConfig) -> Iterator[Row]:
+    # GPT-2 keeps its linear layers as Conv1D, whose weight is the transpose of nn.Linear's
+    yield _row("tok_emb.weight", "transformer.wte.weight")
+    yield _row("pos_emb.weight", "transformer.wpe.weight")
+    for p in ("weight", "bias"):
+        yield _row(f"norm_f.{p}", f"transformer.ln_f.{p}")
+    for i in range(c.n_layer):
+        h = f"transformer.h.{i}."
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            for p in ("weight", "bias"):
+                yield _row(f"blocks.{i}.{ours}.{p}", f"{h}{theirs}.{p}")
+        for ours, theirs in (
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ):
+            yield _row(f"blocks.{i}.{ours}.weight", f"{h}{theirs}.weight", transpose=True)
+            yield _row(f"blocks.{i}.{ours}.bias", f"{h}{theirs}.bias")
+    yield from _untied_head(c)
+
+
+def _plain_heads(c: ModelConfig) -> list[str]:
+    """What a family without grouped-query attention or a head size of its own needs."""
+    if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.d_model:
+        return ["n_kv_head == n_head and head_dim == d_model / n_head"]
+    return []
+
+
+def _gpt2_needs(c: ModelConfig) -> list[str]:
+    needs = [] if c.activation in ("gelu", "gelu_tanh", "relu") else ["a GELU or ReLU activation"]
+    return needs + _plain_heads(c)
+
+
+GPT2 = Family(
+    name="gpt2",
+    architecture="GPT2LMHeadModel",
+    fixes=dict(arch="decoder", positions="learned", norm="layernorm", norm_position="pre", gated_mlp=False, bias=True),
+    keys={
+        **_COMMON_KEYS,
         "n_layer": "n_layer",
         "n_head": "n_head",
         "d_model": "n_embd",
@@ -72,7 +108,76 @@ _CONFIG_KEYS = {
         "max_seq_len": "n_positions",
         "norm_eps": "layer_norm_epsilon",
     },
-    "llama": {
+    activation_key="activation_function",
+    defaults={
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+    },
+    rows=_gpt2_rows,
+    special_tokens={"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    to_hf=lambda c: {"resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout},
+    needs=_gpt2_needs,
+)
+
+
+def _llama_rows(c: ModelConfig) -> Iterator[Row]:
+    yield _row("tok_emb.weight", "model.embed_tokens.weight")
+    yield _row("norm_f.weight", "model.norm.weight")
+    for i in range(c.n_layer):
+        h = f"model.layers.{i}."
+        yield _row(f"blocks.{i}.norm1.weight", h + "input_layernorm.weight")
+        yield _row(f"blocks.{i}.norm2.weight", h + "post_attention_layernorm.weight")
+        yield _row(f"blocks.{i}.attn.qkv.weight", *(h + f"self_attn.{x}_proj.weight" for x in "qkv"))
+        yield _row(f"blocks.{i}.attn.proj.weight", h + "self_attn.o_proj.weight")
+        yield _row(f"blocks.{i}.mlp.fc.weight", h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")
+        yield _row(f"blocks.{i}.mlp.proj.weight", h + "mlp.down_proj.weight")
+    yield from _untied_head(c)
+
+
+def _llama_from_hf(hf: dict) -> dict:
+    # transformers 5 moved rope_theta and the scaling into rope_parameters; before, rope_scaling, whose rope_type
+    # was once called type
+    rope = (hf.get("rope_parameters") or {}) | (hf.get("rope_scaling") or {})
+    fields = {"rope_theta": hf.get("rope_theta") or rope.get("rope_theta", 10000.0)}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return fields
+    if kind != "llama3":
+        raise ConversionError(
+            f"unsupported rope scaling '{kind}' in config.json; pretrainer implements only 'llama3' (Llama 3.1's) "
+            "and plain RoPE"
+        )
+    return fields | {
+        "rope_scaling": "llama3",
+        "rope_scaling_factor": rope["factor"],
+        "rope_low_freq_factor": rope["low_freq_factor"],
+        "rope_high_freq_factor": rope["high_freq_factor"],
+        "rope_original_max_seq_len": rope.get("original_max_position_embeddings", hf["max_position_embeddings"]),
+    }
+
+
+def _llama_to_hf(c: ModelConfig) -> dict:
+    # rope_theta and rope_scaling: the spelling every transformers version reads
+    if c.rope_scaling is None:
+        return {"rope_theta": c.rope_theta}
+    scaling = {
+        "rope_type": c.rope_scaling,
+        "factor": c.rope_scaling_factor,
+        "low_freq_factor": c.rope_low_freq_factor,
+        "high_freq_factor": c.rope_high_freq_factor,
+        "original_max_position_embeddings": c.rope_original_max_seq_len,
+    }
+    return {"rope_theta": c.rope_theta, "rope_scaling": scaling}
+
+
+LLAMA = Family(
+    name="llama",
+    architecture="LlamaForCausalLM",
+    fixes=dict(arch="decoder", positions="rope", norm="rmsnorm", norm_position="pre", gated_mlp=True, bias=False),
+    keys={
+        **_COMMON_KEYS,
         "n_layer": "num_hidden_layers",
         "n_head": "num_attention_heads",
         "n_kv_head": "num_key_value_heads",
@@ -82,7 +187,54 @@ _CONFIG_KEYS = {
         "max_seq_len": "max_position_embeddings",
         "norm_eps": "rms_norm_eps",
     },
-    "bert": {
+    activation_key="hidden_act",
+    defaults={
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+    },
+    rows=_llama_rows,
+    special_tokens={"eos_token": "<|endoftext|>"},
+    from_hf=_llama_from_hf,
+    to_hf=_llama_to_hf,
+)
+
+
+def _bert_rows(c: ModelConfig) -> Iterator[Row]:
+    e = "bert.embeddings."
+    yield _row("tok_emb.weight", e + "word_embeddings.weight")
+    yield _row("pos_emb.weight", e + "position_embeddings.weight")
+    if c.type_vocab_size:
+        yield _row("type_emb.weight", e + "token_type_embeddings.weight")
+    for p in ("weight", "bias"):
+        yield _row(f"emb_norm.{p}", e + f"LayerNorm.{p}")
+    for i in range(c.n_layer):
+        h = f"bert.encoder.layer.{i}."
+        for p in ("weight", "bias"):
+            yield _row(f"blocks.{i}.attn.qkv.{p}", *(h + f"attention.self.{x}.{p}" for x in ("query", "key", "value")))
+            yield _row(f"blocks.{i}.attn.proj.{p}", h + f"attention.output.dense.{p}")
+            yield _row(f"blocks.{i}.norm1.{p}", h + f"attention.output.LayerNorm.{p}")
+            yield _row(f"blocks.{i}.mlp.fc.{p}", h + f"intermediate.dense.{p}")
+            yield _row(f"blocks.{i}.mlp.proj.{p}", h + f"output.dense.{p}")
+            yield _row(f"blocks.{i}.norm2.{p}", h + f"output.LayerNorm.{p}")
+    for p in ("weight", "bias"):
+        yield _row(f"mlm_dense.{p}", f"cls.predictions.transform.dense.{p}")
+        yield _row(f"mlm_norm.{p}", f"cls.predictions.transform.LayerNorm.{p}")
+        yield _row(f"pooler.{p}", f"bert.pooler.dense.{p}")
+        if c.nsp_head:
+            yield _row(f"nsp.{p}", f"cls.seq_relationship.{p}")
+    yield _row("mlm_bias", "cls.predictions.bias")
+
+
+_MLM_HEAD = "MLM head (its decoder is tied to the word embeddings, as in BERT)"
+BERT = Family(
+    name="bert",
+    architecture="BertForMaskedLM",
+    fixes=dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False, bias=True),
+    keys={
+        **_COMMON_KEYS,
         "n_layer": "num_hidden_layers",
         "n_head": "num_attention_heads",
         "d_model": "hidden_size",
@@ -90,114 +242,91 @@ _CONFIG_KEYS = {
         "max_seq_len": "max_position_embeddings",
         "norm_eps": "layer_norm_eps",
     },
-    "t5": {
-        "n_layer": "num_layers",
-        "n_decoder_layer": "num_decoder_layers",
-        "n_head": "num_heads",
-        "head_dim": "d_kv",
-        "d_model": "d_model",
-        "d_ff": "d_ff",
-        "relative_buckets": "relative_attention_num_buckets",
-        "relative_max_distance": "relative_attention_max_distance",
-        "norm_eps": "layer_norm_epsilon",
+    activation_key="hidden_act",
+    defaults={"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2},
+    rows=_bert_rows,
+    special_tokens={
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
     },
-}
-_ACTIVATION_KEY = {
-    "gpt2": "activation_function",
-    "llama": "hidden_act",
-    "bert": "hidden_act",
-    "t5": "feed_forward_proj",  # "relu", "gelu" or "gated-gelu" (T5 v1.1), ...
-}
-# transformers' defaults for the keys above that a config.json may leave out
-_CONFIG_DEFAULTS = {
-    "gpt2": {
-        "n_inner": None,
-        "layer_norm_epsilon": 1e-5,
-        "activation_function": "gelu_new",
-        "tie_word_embeddings": True,
+    from_hf=lambda hf: {"type_vocab_size": hf["type_vocab_size"]},
+    to_hf=lambda c: {
+        "type_vocab_size": max(c.type_vocab_size, 1),
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
     },
-    "llama": {
-        "num_key_value_heads": None,
-        "head_dim": None,
-        "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
+    optional={
+        "mlm_dense": _MLM_HEAD,
+        "mlm_norm": _MLM_HEAD,
+        "mlm_bias": _MLM_HEAD,
+        "pooler": "pooler",
+        "nsp": "NSP head",
     },
-    "bert": {"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2},
-    "t5": {
-        "tie_word_embeddings": True,
-        "num_decoder_layers": None,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "layer_norm_epsilon": 1e-6,
-        "feed_forward_proj": "relu",
-    },
-}
+    needs=_plain_heads,
+    bare_prefix="bert.",  # a bare BertModel, as sentence encoders ship
+)
 
 
-def config_from_hf(hf: dict) -> ModelConfig:
-    """Our ModelConfig for a `transformers` config.json (as a dict)."""
-    kind = hf.get("model_type")
-    if kind not in _CONFIG_KEYS:
-        raise _unsupported(kind)
-    hf = _CONFIG_DEFAULTS[kind] | hf
-    fields = _FAMILY_FIELDS[kind] | {ours: hf[theirs] for ours, theirs in (_COMMON_KEYS | _CONFIG_KEYS[kind]).items()}
-    activation = hf[_ACTIVATION_KEY[kind]]
-    if kind == "llama":
-        fields["rope_theta"] = _rope_theta(hf)
-    elif kind == "bert":
-        fields["type_vocab_size"] = hf["type_vocab_size"]
-    elif kind == "t5":
-        activation = activation.removeprefix("gated-")
-        activation = "gelu_new" if activation == "gelu" else activation  # T5's GELU is the tanh one
-        fields |= dict(
-            gated_mlp=hf["feed_forward_proj"].startswith("gated-"),
-            max_seq_len=hf.get("n_positions") or 512,
-            # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
-            head_scale=hf.get("scale_decoder_outputs", hf["tie_word_embeddings"]),
-            decoder_start_id=hf.get("decoder_start_token_id") or 0,
+def _t5_rows(c: ModelConfig) -> Iterator[Row]:
+    yield _row("tok_emb.weight", "shared.weight")
+    for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
+        yield _row(
+            f"{stack}.rel_bias.embedding.weight",
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
         )
-    return ModelConfig(**fields, activation=_HF_ACT[activation]).resolved()
+        yield _row(f"{stack}.norm_f.weight", f"{stack}.final_layer_norm.weight")
+        for i in range(n_layer):
+            ours, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
+            ff = 2 if stack == "decoder" else 1
+            yield _row(ours + "norm1.weight", h + "0.layer_norm.weight")
+            yield _row(ours + "attn.qkv.weight", *(h + f"0.SelfAttention.{x}.weight" for x in "qkv"))
+            yield _row(ours + "attn.proj.weight", h + "0.SelfAttention.o.weight")
+            if stack == "decoder":
+                yield _row(ours + "norm_cross.weight", h + "1.layer_norm.weight")
+                yield _row(ours + "cross_attn.q.weight", h + "1.EncDecAttention.q.weight")
+                yield _row(
+                    ours + "cross_attn.kv.weight", h + "1.EncDecAttention.k.weight", h + "1.EncDecAttention.v.weight"
+                )
+                yield _row(ours + "cross_attn.proj.weight", h + "1.EncDecAttention.o.weight")
+            yield _row(ours + "norm2.weight", h + f"{ff}.layer_norm.weight")
+            wi = ("wi_0", "wi_1") if c.gated_mlp else ("wi",)
+            yield _row(ours + "mlp.fc.weight", *(h + f"{ff}.DenseReluDense.{w}.weight" for w in wi))
+            yield _row(ours + "mlp.proj.weight", h + f"{ff}.DenseReluDense.wo.weight")
+    yield from _untied_head(c)
 
 
-def family_of(config: ModelConfig) -> str:
-    """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
-    c = config.resolved()
-    families = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "llama"}
-    family = {"encoder": "bert", "encoder_decoder": "t5"}.get(c.arch) or families.get((c.arch, c.positions))
-    if family is None:
-        raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
-    needs = [f"{k}={v!r}" for k, v in _FAMILY_FIELDS[family].items() if getattr(c, k) != v]
-    if family == "gpt2":
-        if c.activation not in ("gelu", "gelu_tanh", "relu"):
-            needs.append("a GELU or ReLU activation")
-        if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.d_model:
-            needs.append("n_kv_head == n_head and head_dim == d_model / n_head")
-    if needs:
-        raise ConversionError(f"this {c.arch} model cannot be exported as {family}: it needs {', '.join(needs)}")
-    return family
+def _t5_from_hf(hf: dict) -> dict:
+    # as T5Config reads feed_forward_proj: "[gated-]ACT", ACT a transformers activation, except that "gated-gelu"
+    # alone means gelu_new (the tanh GELU of T5 v1.1) for backward compatibility
+    proj = hf["feed_forward_proj"]
+    gated, _, activation = str(proj).rpartition("-")
+    if gated not in ("", "gated"):
+        raise ConversionError(f"feed_forward_proj={proj!r} in config.json is not 'ACT' or 'gated-ACT'; fix config.json")
+    return dict(
+        activation=_activation("gelu_new" if proj == "gated-gelu" else activation),
+        gated_mlp=gated == "gated",
+        max_seq_len=hf.get("n_positions") or 512,
+        # transformers 5 always ties T5's head and says with scale_decoder_outputs whether it rescales
+        head_scale=hf.get("scale_decoder_outputs", hf["tie_word_embeddings"]),
+        decoder_start_id=hf.get("decoder_start_token_id") or 0,
+    )
 
 
-def config_to_hf(config: ModelConfig) -> dict:
-    """A `transformers` config.json (as a dict) for our ModelConfig."""
-    family = family_of(config)
-    c = config.resolved()
-    act = {v: k for k, v in _HF_ACT.items() if k != "gelu_pytorch_tanh"}[c.activation]
-    hf = {"model_type": family, "architectures": [ARCHITECTURES[family]]}
-    hf |= {theirs: getattr(c, ours) for ours, theirs in (_COMMON_KEYS | _CONFIG_KEYS[family]).items()}
-    hf[_ACTIVATION_KEY[family]] = act
-    if family == "gpt2":
-        return hf | {"resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout}
-    if family == "llama":
-        return hf | {"rope_theta": c.rope_theta}
-    if family == "bert":
-        return hf | {
-            "type_vocab_size": max(c.type_vocab_size, 1),
-            "hidden_dropout_prob": c.dropout,
-            "attention_probs_dropout_prob": c.dropout,
-        }
-    return hf | {
-        "feed_forward_proj": ("gated-gelu" if c.gated_mlp else act),
+def _t5_feed_forward_proj(c: ModelConfig) -> str:
+    """The inverse of T5Config's reading (see _t5_from_hf): "gated-gelu" is taken by the tanh GELU, so a gated exact
+    GELU is written with transformers' other name for it, gelu_python."""
+    activation = _ACT_TO_HF[c.activation]
+    if not c.gated_mlp:
+        return activation
+    return {"gelu_tanh": "gated-gelu", "gelu": "gated-gelu_python"}.get(c.activation, f"gated-{activation}")
+
+
+def _t5_to_hf(c: ModelConfig) -> dict:
+    return {
+        "feed_forward_proj": _t5_feed_forward_proj(c),
         "scale_decoder_outputs": c.head_scale,
         "decoder_start_token_id": c.decoder_start_id,
         "pad_token_id": c.decoder_start_id,
@@ -208,126 +337,135 @@ def config_to_hf(config: ModelConfig) -> dict:
     }
 
 
-# One row per tensor of ours: (our key, their key(s) concatenated along dim 0, transpose?). GPT-2 keeps its
-# linear layers as Conv1D, whose weight is the transpose of nn.Linear's.
-Row = tuple[str, tuple[str, ...], bool]
+T5 = Family(
+    name="t5",
+    architecture="T5ForConditionalGeneration",
+    fixes=dict(
+        arch="encoder_decoder",
+        positions="relative",
+        norm="rmsnorm",
+        norm_position="pre",
+        bias=False,
+        scale_attention=False,
+        tie_embeddings=True,  # transformers 5 always ties T5's head
+    ),
+    keys={
+        **_COMMON_KEYS,
+        "n_layer": "num_layers",
+        "n_decoder_layer": "num_decoder_layers",
+        "n_head": "num_heads",
+        "head_dim": "d_kv",
+        "d_model": "d_model",
+        "d_ff": "d_ff",
+        "relative_buckets": "relative_attention_num_buckets",
+        "relative_max_distance": "relative_attention_max_distance",
+        "norm_eps": "layer_norm_epsilon",
+    },
+    activation_key=None,  # feed_forward_proj: "relu", "gated-gelu" (T5 v1.1), ...; it says gated or not too
+    defaults={
+        "tie_word_embeddings": True,
+        "num_decoder_layers": None,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "relu",
+    },
+    rows=_t5_rows,
+    special_tokens={"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    from_hf=_t5_from_hf,
+    to_hf=_t5_to_hf,
+    needs=lambda c: [] if c.n_kv_head == c.n_head else ["n_kv_head == n_head"],  # d_kv is T5's head size
+)
+
+FAMILIES = {f.name: f for f in (GPT2, LLAMA, BERT, T5)}
 
 
-def _rows(family: str, c: ModelConfig) -> list[Row]:
-    rows: list[Row] = []
-
-    def add(ours, *theirs, transpose=False):
-        rows.append((ours, theirs, transpose))
-
-    if family == "gpt2":
-        add("tok_emb.weight", "transformer.wte.weight")
-        add("pos_emb.weight", "transformer.wpe.weight")
-        for p in ("weight", "bias"):
-            add(f"norm_f.{p}", f"transformer.ln_f.{p}")
-        for i in range(c.n_layer):
-            h = f"transformer.h.{i}."
-            for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-                for p in ("weight", "bias"):
-                    add(f"blocks.{i}.{ours}.{p}", f"{h}{theirs}.{p}")
-            for ours, theirs in (
-                ("attn.qkv", "attn.c_attn"),
-                ("attn.proj", "attn.c_proj"),
-                ("mlp.fc", "mlp.c_fc"),
-                ("mlp.proj", "mlp.c_proj"),
-            ):
-                add(f"blocks.{i}.{ours}.weight", f"{h}{theirs}.weight", transpose=True)
-                add(f"blocks.{i}.{ours}.bias", f"{h}{theirs}.bias")
-    elif family == "llama":
-        add("tok_emb.weight", "model.embed_tokens.weight")
-        add("norm_f.weight", "model.norm.weight")
-        for i in range(c.n_layer):
-            h = f"model.layers.{i}."
-            add(f"blocks.{i}.norm1.weight", h + "input_layernorm.weight")
-            add(f"blocks.{i}.norm2.weight", h + "post_attention_layernorm.weight")
-            add(f"blocks.{i}.attn.qkv.weight", *(h + f"self_attn.{x}_proj.weight" for x in "qkv"))
-            add(f"blocks.{i}.attn.proj.weight", h + "self_attn.o_proj.weight")
-            add(f"blocks.{i}.mlp.fc.weight", h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")
-            add(f"blocks.{i}.mlp.proj.weight", h + "mlp.down_proj.weight")
-    elif family == "bert":
-        e = "bert.embeddings."
-        add("tok_emb.weight", e + "word_embeddings.weight")
-        add("pos_emb.weight", e + "position_embeddings.weight")
-        if c.type_vocab_size:
-            add("type_emb.weight", e + "token_type_embeddings.weight")
-        for p in ("weight", "bias"):
-            add(f"emb_norm.{p}", e + f"LayerNorm.{p}")
-        for i in range(c.n_layer):
-            h = f"bert.encoder.layer.{i}."
-            for p in ("weight", "bias"):
-                add(f"blocks.{i}.attn.qkv.{p}", *(h + f"attention.self.{x}.{p}" for x in ("query", "key", "value")))
-                add(f"blocks.{i}.attn.proj.{p}", h + f"attention.output.dense.{p}")
-                add(f"blocks.{i}.norm1.{p}", h + f"attention.output.LayerNorm.{p}")
-                add(f"blocks.{i}.mlp.fc.{p}", h + f"intermediate.dense.{p}")
-                add(f"blocks.{i}.mlp.proj.{p}", h + f"output.dense.{p}")
-                add(f"blocks.{i}.norm2.{p}", h + f"output.LayerNorm.{p}")
-        for p in ("weight", "bias"):
-            add(f"mlm_dense.{p}", f"cls.predictions.transform.dense.{p}")
-            add(f"mlm_norm.{p}", f"cls.predictions.transform.LayerNorm.{p}")
-            add(f"pooler.{p}", f"bert.pooler.dense.{p}")
-            if c.nsp_head:
-                add(f"nsp.{p}", f"cls.seq_relationship.{p}")
-        add("mlm_bias", "cls.predictions.bias")
-    elif family == "t5":
-        add("tok_emb.weight", "shared.weight")
-        for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
-            add(
-                f"{stack}.rel_bias.embedding.weight",
-                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            )
-            add(f"{stack}.norm_f.weight", f"{stack}.final_layer_norm.weight")
-            for i in range(n_layer):
-                ours, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
-                ff = 2 if stack == "decoder" else 1
-                add(ours + "norm1.weight", h + "0.layer_norm.weight")
-                add(ours + "attn.qkv.weight", *(h + f"0.SelfAttention.{x}.weight" for x in "qkv"))
-                add(ours + "attn.proj.weight", h + "0.SelfAttention.o.weight")
-                if stack == "decoder":
-                    add(ours + "norm_cross.weight", h + "1.layer_norm.weight")
-                    add(ours + "cross_attn.q.weight", h + "1.EncDecAttention.q.weight")
-                    add(
-                        ours + "cross_attn.kv.weight",
-                        h + "1.EncDecAttention.k.weight",
-                        h + "1.EncDecAttention.v.weight",
-                    )
-                    add(ours + "cross_attn.proj.weight", h + "1.EncDecAttention.o.weight")
-                add(ours + "norm2.weight", h + f"{ff}.layer_norm.weight")
-                wi = ("wi_0", "wi_1") if c.gated_mlp else ("wi",)
-                add(ours + "mlp.fc.weight", *(h + f"{ff}.DenseReluDense.{w}.weight" for w in wi))
-                add(ours + "mlp.proj.weight", h + f"{ff}.DenseReluDense.wo.weight")
-    else:
-        raise _unsupported(family)
-    if not c.tie_embeddings and family != "bert":
-        add("lm_head.weight", "lm_head.weight")
-    return rows
+def _family(name) -> Family:
+    if name not in FAMILIES:
+        raise ConversionError(
+            f"unsupported architecture '{name}' in config.json; pretrainer converts {', '.join(FAMILIES)}"
+        )
+    return FAMILIES[name]
 
 
-# Tensors a real checkpoint may lack: ours keep their fresh init and the import says so.
-_MLM_HEAD = "MLM head (its decoder is tied to the word embeddings, as in BERT)"
-_OPTIONAL = {
-    "bert": {
-        "mlm_dense": _MLM_HEAD,
-        "mlm_norm": _MLM_HEAD,
-        "mlm_bias": _MLM_HEAD,
-        "pooler": "pooler",
-        "nsp": "NSP head",
-    }
-}
+def config_from_hf(hf: dict) -> ModelConfig:
+    """Our ModelConfig for a `transformers` config.json (as a dict)."""
+    family = _family(hf.get("model_type"))
+    hf = family.defaults | hf
+    try:
+        fields = family.fixes | {ours: hf[theirs] for ours, theirs in family.keys.items()}
+        if family.activation_key is not None:
+            fields["activation"] = _activation(hf[family.activation_key])
+        fields |= family.from_hf(hf)
+    except KeyError as e:
+        raise ConversionError(
+            f"a {family.name} config.json needs '{e.args[0]}'; use the config.json the weights came with"
+        ) from None
+    for name, value in fields.items():
+        where = f"'{family.keys[name]}' in config.json" if name in family.keys else f"config.json's model.{name}"
+        fields[name] = _typed(name, value, where)
+    try:
+        return ModelConfig(**fields).resolved()
+    except ConfigError as e:
+        raise ConversionError(f"config.json describes a model pretrainer cannot build: {e}") from None
+
+
+_FIELD_TYPES = typing.get_type_hints(ModelConfig)
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _typed(name: str, value, where: str):
+    """`value` for our field `name` if JSON gave it the field's type; an integer stands for a float too."""
+    types = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
+    if type(value) in types:  # not isinstance: true is no integer here
+        return value
+    if type(value) is int and float in types:
+        return float(value)
+    raise ConversionError(f"{where} is {value!r}, not {' or '.join(_TYPE_NAMES[t] for t in types)}; fix config.json")
+
+
+def _activation(theirs) -> str:
+    if not isinstance(theirs, str) or theirs not in _HF_ACT:
+        raise ConversionError(
+            f"unsupported activation {theirs!r} in config.json; pretrainer reads {', '.join(_HF_ACT)}"
+        )
+    return _HF_ACT[theirs]
+
+
+def family_of(config: ModelConfig) -> str:
+    """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
+    c = config.resolved()
+    family = next(
+        (f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)), None
+    )
+    if family is None:
+        raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
+    needs = [f"{k}={v!r}" for k, v in family.fixes.items() if getattr(c, k) != v] + family.needs(c)
+    if needs:
+        raise ConversionError(f"this {c.arch} model cannot be exported as {family.name}: it needs {', '.join(needs)}")
+    return family.name
+
+
+def config_to_hf(config: ModelConfig) -> dict:
+    """A `transformers` config.json (as a dict) for our ModelConfig."""
+    family = FAMILIES[family_of(config)]
+    c = config.resolved()
+    hf = {"model_type": family.name, "architectures": [family.architecture]}
+    hf |= {theirs: getattr(c, ours) for ours, theirs in family.keys.items()}
+    if family.activation_key is not None:
+        hf[family.activation_key] = _ACT_TO_HF[c.activation]
+    return hf | family.to_hf(c)
 
 
 def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelConfig) -> tuple[dict, list[str]]:
     """(our state dict, notes on what the checkpoint lacked) from a `transformers` state dict."""
-    if family == "bert" and not any(k.startswith("bert.") for k in hf):
-        hf = {"bert." + k: v for k, v in hf.items()}  # a bare BertModel (no heads), as sentence encoders ship
-    config = config.resolved()
+    fam = _family(family)
+    if fam.bare_prefix and not any(k.startswith(fam.bare_prefix) for k in hf):
+        hf = {fam.bare_prefix + k: v for k, v in hf.items()}
     out, missing = {}, []
-    for ours, theirs, transpose in _rows(family, config):
+    for ours, theirs, transpose in fam.rows(config.resolved()):
         if not all(t in hf for t in theirs):
-            optional = _OPTIONAL.get(family, {}).get(ours.split(".")[0])
+            optional = fam.optional.get(ours.split(".")[0])
             if optional is None:
                 raise ConversionError(f"the checkpoint lacks '{theirs[0]}', which a {family} model needs")
             missing.append(optional)
@@ -341,7 +479,7 @@ def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelCo
 def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     config = config.resolved()
     out = {}
-    for key, theirs, transpose in _rows(family, config):
+    for key, theirs, transpose in _family(family).rows(config):
         tensor = ours[key].t() if transpose else ours[key]
         sizes = None
         if len(theirs) > 1:
@@ -352,120 +490,37 @@ def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelCo
     return out
 
 
-def _check_vocab(config: ModelConfig, tokenizer) -> None:
-    if tokenizer is not None and tokenizer.get_vocab_size() > config.vocab_size:
-        raise ConversionError(
-            f"mismatched vocab sizes: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
-            f"embeddings only {config.vocab_size}; use the tokenizer the model was trained with"
-        )
-
-
-def _tokenizer_config(family: str, tokenizer) -> dict:
+def tokenizer_config(family: str, tokenizer) -> dict:
+    """tokenizer_config.json for a `tokenizers` Tokenizer exported with a model of this family."""
     special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    pick = {
-        "gpt2": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
-        "llama": {"eos_token": "<|endoftext|>"},
-        "bert": {
-            "cls_token": "[CLS]",
-            "sep_token": "[SEP]",
-            "mask_token": "[MASK]",
-            "pad_token": "[PAD]",
-            "unk_token": "[UNK]",
-        },
-        "t5": {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
-    }[family]
-    return {"tokenizer_class": "PreTrainedTokenizerFast"} | {k: v for k, v in pick.items() if v in special}
+    tokens = FAMILIES[family].special_tokens
+    return {"tokenizer_class": "PreTrainedTokenizerFast"} | {k: v for k, v in tokens.items() if v in special}
 
 
-def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
-    """Write a `transformers` directory (config.json, model.safetensors, tokenizer files) for our model.
-    The directory appears complete or not at all; an existing one is never overwritten."""
-    out = Path(out_dir)
-    if out.exists():
-        raise ConversionError(f"'{out}' already exists; remove it or choose another output directory")
-    config = model.config
-    family = family_of(config)
-    _check_vocab(config, tokenizer)
-    tensors = state_dict_to_hf(family, model.state_dict(), config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(family, tokenizer), indent=1))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
-        raise ConversionError(
-            f"no .safetensors weights in '{folder}' (found {found}); pickled .bin weights are not loaded, "
-            "as they can run code: convert them to safetensors first"
-        )
-    tensors = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            tensors.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118 (safe_open has no iterator)
-    return tensors
-
-
-def _read_gguf(path: Path) -> tuple[dict, dict, object]:
-    """(config dict, state dict, tokenizer) of a GGUF file, dequantised by `transformers`' reader."""
-    try:
-        import transformers
-    except ImportError:
-        raise ConversionError("reading GGUF needs `transformers` and `gguf`: pip install transformers gguf") from None
-    try:
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        hf_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except ImportError as e:
-        raise ConversionError(f"reading GGUF needs the `gguf` package ({e}); pip install gguf") from None
-    return hf_model.config.to_dict(), hf_model.state_dict(), hf_tok.backend_tokenizer
-
-
-def import_hf(path: str | Path):
-    """(model, tokenizer or None, notes) from a `transformers` directory or a GGUF file."""
-    from tokenizers import Tokenizer
-
+def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, list[str]]:
+    """(our model in eval mode, notes on what the checkpoint lacked) from a `transformers` config and state dict."""
     from . import build_model
 
-    p = Path(path)
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise ConversionError(f"GGUF file '{p}' not found")
-        hf_config, tensors, tokenizer = _read_gguf(p)
-    else:
-        if not (p / "config.json").is_file():
-            raise ConversionError(f"'{p}' has no config.json; give a transformers model directory or a .gguf file")
-        hf_config = json.loads((p / "config.json").read_text())
-        config_from_hf(hf_config)  # an unsupported architecture says so before any weights are read
-        tensors = _read_safetensors(p)
-        tokenizer = Tokenizer.from_file(str(p / "tokenizer.json")) if (p / "tokenizer.json").is_file() else None
     config = config_from_hf(hf_config)
-    family = hf_config["model_type"]
-    state, notes = state_dict_from_hf(family, tensors, config)
+    family = FAMILIES[hf_config["model_type"]]
+    state, notes = state_dict_from_hf(family.name, tensors, config)
     embedding = state["tok_emb.weight"]
     if embedding.shape[0] != config.vocab_size:
         raise ConversionError(
             f"mismatched vocab sizes: config.json says {config.vocab_size} but the embeddings have "
             f"{embedding.shape[0]} rows"
         )
-    _check_vocab(config, tokenizer)
     model = build_model(config)
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tensor.shape != expected[key].shape:
+            raise ConversionError(
+                f"the weights do not fit config.json: {key} is {tuple(tensor.shape)} where config.json makes it "
+                f"{tuple(expected[key].shape)}; use the config.json the weights came with"
+            )
     result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    unexpected_missing = [k for k in result.missing_keys if not _is_optional(family, k, config)]
-    if unexpected_missing or result.unexpected_keys:
-        raise ConversionError(f"weights do not fit: missing {unexpected_missing}, unexpected {result.unexpected_keys}")
-    return model.eval(), tokenizer, notes
-
-
-def _is_optional(family: str, key: str, config: ModelConfig) -> bool:
     tied = {"lm_head.weight", "mlm_decoder.weight"} if config.tie_embeddings else set()
-    return key in tied or key.split(".")[0] in _OPTIONAL.get(family, {})
+    missing = [k for k in result.missing_keys if k not in tied and k.split(".")[0] not in family.optional]
+    if missing or result.unexpected_keys:
+        raise ConversionError(f"weights do not fit: missing {missing}, unexpected {result.unexpected_keys}")
+    return model.eval(), notes

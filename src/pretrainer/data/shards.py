@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config import DataConfig
+from ..files import atomic_file, write_atomic
 from .sources import Corpus, DataError, cache_dir, load_corpus
 from .tokenizer import eos_id, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
@@ -54,12 +54,6 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _pieces(text: str, size: int = 1 << 20) -> list[str]:
     """Cut a long text into ~`size` pieces at line breaks where byte-level pre-tokenization also
     splits ("x\\ny": no whitespace on either side), so the pieces tokenize exactly as the whole."""
@@ -78,16 +72,14 @@ def _pieces(text: str, size: int = 1 << 20) -> list[str]:
 
 def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> int:
     """Write every document's tokens followed by EOS to `path` (atomically); returns the token count."""
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         for doc in docs:
             # encode_batch runs in parallel (Rust threads) over the pieces of each document
             ids = [i for enc in tok.encode_batch(_pieces(doc.text), add_special_tokens=False) for i in enc.ids]
             ids.append(eos)
             np.asarray(ids, dtype=dtype).tofile(f)
             n += len(ids)
-    os.replace(tmp, path)
     return n
 
 
@@ -133,7 +125,7 @@ def prepare(cfg: DataConfig) -> Shards:
         tok = load_tokenizer(cfg.tokenizer)
     eos = eos_id(tok)
     dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
-    _atomic_write(out / "tokenizer.json", tok.to_str().encode())
+    write_atomic(out / "tokenizer.json", tok.to_str().encode())
     # from here on the tokenizer as saved: a trained Unigram's scores change in their last bits when
     # written and read back, and every later run reads the saved one
     tok = load_tokenizer(out / "tokenizer.json")
@@ -150,7 +142,7 @@ def prepare(cfg: DataConfig) -> Shards:
         "dtype": dtype.name,
         "splits": splits,
     }
-    _atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
+    write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return Shards(out, tok, manifest, reused=False)
 
 

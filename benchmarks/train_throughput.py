@@ -116,7 +116,7 @@ def bert() -> Contest:
     import transformers
 
     shards = prepare(DataConfig(source="shakespeare", tokenizer="wordpiece", vocab_size=VOCAB))
-    objective = MaskedLM(SEQ, shards.tokenizer, VOCAB, mask_prob=0.15, whole_word=False, nsp=False)
+    objective = MaskedLM(SEQ, shards.tokenizer, mask_prob=0.15, whole_word=False, nsp=False)
     make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
 
     def new_models():

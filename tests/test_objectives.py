@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from pretrainer.config import load_config
 from pretrainer.data.objectives import (
     IGNORE,
     batch_noise_masks,
+    make_objective,
     mask_tokens,
     nsp_pairs,
     random_spans_noise_mask,
@@ -38,7 +40,9 @@ def mlm_batch(rows=128, cols=512):
 
 def mask(ids, seed=1, **kw):
     g = torch.Generator().manual_seed(seed)
-    return mask_tokens(ids, mask_id=MASK, vocab_size=V, special_ids={PAD, UNK, CLS, SEP, MASK}, generator=g, **kw)
+    return mask_tokens(
+        ids, mask_id=MASK, tokenizer_vocab_size=V, special_ids={PAD, UNK, CLS, SEP, MASK}, generator=g, **kw
+    )
 
 
 def test_wordpiece_specials_and_round_trip(texts):
@@ -90,10 +94,29 @@ def test_random_replacements_are_never_special():
     ids = torch.randint(5, 8, (64, 256), generator=torch.Generator().manual_seed(0))
     ids[:, :8] = MASK
     g = torch.Generator().manual_seed(0)
-    inputs, labels = mask_tokens(ids, mask_id=MASK, vocab_size=8, special_ids={PAD, UNK, CLS, SEP}, generator=g)
+    inputs, labels = mask_tokens(
+        ids, mask_id=MASK, tokenizer_vocab_size=8, special_ids={PAD, UNK, CLS, SEP}, generator=g
+    )
     kept_or_random = (labels != IGNORE) & (inputs != MASK)
     assert kept_or_random.sum() > 300 and (inputs[kept_or_random] >= 5).all()
     assert (labels[:, :8] == IGNORE).all()
+
+
+def test_mlm_replacements_are_the_tokenizers_own_ordinary_ids(texts):
+    # the model's vocabulary is padded well beyond the tokenizer's: an id drawn from all of it would be one the
+    # tokenizer never produces, whose embedding no input ever trains
+    tok = train_wordpiece(texts, vocab_size=200)
+    config = load_config(
+        None, ["model.arch=encoder", "objective.name=mlm", "model.vocab_size=1024", "objective.seq_len=130"]
+    )
+    ordinary = sorted(set(range(tok.get_vocab_size())) - special_ids(tok))
+    rows = np.random.default_rng(0).choice(ordinary, (2400, 128))
+    batch = make_objective(config, tok).batch(rows, rows.ravel(), np.random.default_rng(1))
+    inputs, targets = batch["input_ids"], batch["targets"]
+    chosen = targets != IGNORE
+    assert chosen.sum() > 40_000
+    replaced = chosen & (inputs != MASK) & (inputs != targets)
+    assert sorted(inputs[replaced].unique().tolist()) == ordinary  # every ordinary id drawn, and nothing else
 
 
 def test_mlm_is_deterministic_per_seed():

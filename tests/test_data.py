@@ -1,10 +1,11 @@
 import json
+import time
 
 import numpy as np
 import pytest
 
 from pretrainer.config import DataConfig
-from pretrainer.data.shards import TokenWindows, _pieces, prepare
+from pretrainer.data.shards import Prefetcher, TokenWindows, _pieces, prepare
 from pretrainer.data.sources import DataError, load_corpus, shakespeare, strip_gutenberg
 from pretrainer.data.tokenizer import gpt2, train_bpe
 
@@ -149,3 +150,37 @@ def test_windows_are_deterministic_and_cover_each_epoch():
 def test_too_short_split_is_an_error():
     with pytest.raises(DataError, match="too few for examples of 33 tokens"):
         TokenWindows(np.arange(20, dtype=np.uint16), window=33, stride=32, seed=0, split="val")
+
+
+def counting_make(fail_at=None):
+    """A make(first, size) that counts its calls and raises on call number `fail_at`."""
+    calls = []
+
+    def make(first, size):
+        calls.append(first)
+        if len(calls) == fail_at:
+            raise ValueError(f"bad batch at {first}")
+        return first
+
+    return make, calls
+
+
+def test_prefetcher_stops_at_its_first_failure():
+    make, calls = counting_make(fail_at=3)
+    prefetch = Prefetcher(make, first=0, batch_size=2, depth=4)
+    assert [prefetch.next(), prefetch.next()] == [0, 2]
+    for _ in range(2):  # the failure, and again if asked again, without waiting for batches that never come
+        with pytest.raises(ValueError, match="bad batch at 4"):
+            prefetch.next()
+    time.sleep(0.3)  # time enough to fill the queue, were the thread still producing
+    assert calls == [0, 2, 4]
+    prefetch.close()
+
+
+def test_prefetcher_closes_when_its_consumer_fails():
+    make, _ = counting_make()
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        with Prefetcher(make, first=0, batch_size=2, depth=2) as prefetch:
+            assert prefetch.next() == 0
+            raise RuntimeError("consumer failed")
+    assert not prefetch._thread.is_alive()

@@ -181,11 +181,15 @@ class TokenWindows:
 
 class Prefetcher:
     """Builds the next batches in a background thread while the model trains on the current one.
-    `make(first, size)` builds the batch of examples first .. first+size-1."""
+    `make(first, size)` builds the batch of examples first .. first+size-1.
+
+    A failure in `make` is raised by `next()` (again at every later call) and ends the thread. Use it as a context
+    manager, `with Prefetcher(...) as batches:`, so that the thread also ends when the consumer fails."""
 
     def __init__(self, make, first: int, batch_size: int, depth: int = 4):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: Exception | None = None
 
         def work():
             i = first
@@ -200,17 +204,27 @@ class Prefetcher:
                         break
                     except queue.Full:
                         continue
+                if isinstance(item, Exception):
+                    return  # no batch after a failure is ever used
                 i += batch_size
 
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 
     def next(self):
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+        if self._error is None:
+            item = self._queue.get()
+            if not isinstance(item, Exception):
+                return item
+            self._error = item
+        raise self._error
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

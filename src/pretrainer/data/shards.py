@@ -179,6 +179,17 @@ class TokenWindows:
         return np.stack([self.tokens[s : s + self.window] for s in map(self._start, range(first, first + size))])
 
 
+def batch_maker(objective, windows: TokenWindows, seed: int):
+    """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
+    from (seed, first), so that any batch can be rebuilt exactly."""
+
+    def make(first: int, size: int) -> dict:
+        rng = np.random.default_rng([seed, first])
+        return objective.batch(windows.rows(first, size), windows.tokens, rng)
+
+    return make
+
+
 class Prefetcher:
     """Builds the next batches in a background thread while the model trains on the current one.
     `make(first, size)` builds the batch of examples first .. first+size-1.

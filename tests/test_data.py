@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pretrainer.config import DataConfig
-from pretrainer.data.shards import Prefetcher, TokenWindows, _pieces, prepare
+from pretrainer.data.shards import Prefetcher, TokenWindows, _pieces, batch_maker, prepare
 from pretrainer.data.sources import DataError, load_corpus, shakespeare, strip_gutenberg
 from pretrainer.data.tokenizer import gpt2, train_bpe
 
@@ -145,6 +145,26 @@ def test_windows_are_deterministic_and_cover_each_epoch():
     fresh = TokenWindows(tokens, window=11, stride=10, seed=3)
     assert (fresh.rows(150, 7) == w.rows(150, 7)).all()
     assert not (w.rows(0, 8) == w.rows(w.per_epoch, 8)).all()  # a new epoch, a new order
+
+
+def test_epoch_order_and_batch_randomness_are_separate_streams():
+    # TokenWindows draws epoch n's offset and order, batch_maker the masks of the batch that starts at example n:
+    # both from the run's seed and n, yet they must not be one and the same random stream
+    tokens = np.arange(1000, dtype=np.uint16)
+
+    def epoch_starts(windows, n):  # where epoch n's windows start: its offset + its order * stride
+        return windows.rows(n * windows.per_epoch, windows.per_epoch)[:, 0]
+
+    class DrawsLikeAnEpoch:  # an objective that spends its generator as TokenWindows spends an epoch's
+        def batch(self, rows, stream, rng):
+            return int(rng.integers(windows.stride)) + rng.permutation(windows.per_epoch) * windows.stride
+
+    windows = TokenWindows(tokens, window=11, stride=10, seed=3)
+    make = batch_maker(DrawsLikeAnEpoch(), windows, seed=3)
+    for n in range(4):
+        assert not np.array_equal(make(n, 1), epoch_starts(windows, n))
+        assert np.array_equal(make(n, 1), make(n, 1))
+        assert np.array_equal(epoch_starts(windows, n), epoch_starts(TokenWindows(tokens, 11, 10, seed=3), n))
 
 
 def test_too_short_split_is_an_error():

@@ -146,6 +146,11 @@ def prepare(cfg: DataConfig) -> Shards:
     return Shards(out, tok, manifest, reused=False)
 
 
+# Every use of randomness seeds its generator with (seed, its own tag, n): with (seed, n) alone, the order of
+# epoch n and the masks of the batch that begins at example n would be one and the same stream.
+_EPOCH_STREAM, _BATCH_STREAM = 1, 2
+
+
 class TokenWindows:
     """Training examples: windows of `window` tokens cut every `stride` tokens (a causal LM's windows overlap
     by one token, the shifted target).
@@ -168,7 +173,7 @@ class TokenWindows:
     def _start(self, i: int) -> int:
         epoch, k = divmod(i, self.per_epoch)
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
+            rng = np.random.default_rng([self.seed, _EPOCH_STREAM, epoch])
             self._offset = int(rng.integers(self.stride))
             self._order = rng.permutation(self.per_epoch)
             self._epoch = epoch
@@ -184,7 +189,7 @@ def batch_maker(objective, windows: TokenWindows, seed: int):
     from (seed, first), so that any batch can be rebuilt exactly."""
 
     def make(first: int, size: int) -> dict:
-        rng = np.random.default_rng([seed, first])
+        rng = np.random.default_rng([seed, _BATCH_STREAM, first])
         return objective.batch(windows.rows(first, size), windows.tokens, rng)
 
     return make

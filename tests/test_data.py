@@ -1,4 +1,5 @@
 import json
+import shutil
 import time
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_shards_manifest_and_noop_rerun(tokenizer, corpus, tmp_path):
         assert len(tokens) == m["splits"][split]["tokens"]
         # one EOS after every document, and the text decodes back
         assert int((tokens == m["eos_id"]).sum()) == m["splits"][split]["documents"] and tokens[-1] == m["eos_id"]
-    assert sorted(k.split("/", 1)[1] for k in m["inputs"]["sources"]) == [f"{corpus}/doc{i}.txt" for i in range(6)]
+    assert sorted(k.split("/", 1)[1] for k in m["inputs"]["sources"]) == [f"doc{i}.txt" for i in range(6)]
     bins = {p.name: p.stat().st_mtime_ns for p in shards.dir.iterdir()}
     again = prepare(cfg)
     assert again.reused and {p.name: p.stat().st_mtime_ns for p in again.dir.iterdir()} == bins
@@ -66,6 +67,27 @@ def test_split_is_by_document_and_text_survives(corpus, tmp_path):
     val = shards.tokens("val").tolist()
     texts = [shards.tokenizer.decode(list(g)) for g in np.split(val, np.where(np.array(val) == eos)[0] + 1) if len(g)]
     assert [t.replace("<|endoftext|>", "") for t in texts] == [d.text for d in corpus_split.val]
+
+
+def test_split_and_shards_do_not_depend_on_where_the_corpus_lies(corpus, tmp_path):
+    (corpus / "more").mkdir()
+    (corpus / "more" / "doc0.txt").write_text("Another document of the same name, one folder down.\n" * 20)
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(corpus, moved)
+
+    def split(source):
+        c = load_corpus(str(source), 0.3)
+        return [(d.name, d.text) for d in c.train], [(d.name, d.text) for d in c.val]
+
+    assert split(moved) == split(corpus) == split(f"{corpus}/**/*.txt")
+    train, val = split(corpus)
+    assert sorted(name for name, _ in train + val) == sorted([f"doc{i}.txt" for i in range(6)] + ["more/doc0.txt"])
+    made = prepare(data_config(corpus, tmp_path))
+    assert prepare(data_config(moved, tmp_path)).reused  # same folder name, same shard folder: nothing to redo
+    remade = prepare(data_config(moved, tmp_path / "elsewhere"))
+    assert not remade.reused
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (remade.dir / name).read_bytes() == (made.dir / name).read_bytes()
 
 
 def test_jsonl_records_are_documents(tmp_path):

@@ -1,14 +1,16 @@
 import json
+import random
 import shutil
 import time
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from pretrainer.config import DataConfig
-from pretrainer.data.shards import Prefetcher, TokenWindows, _pieces, batch_maker, prepare
+from pretrainer.data.shards import Prefetcher, TokenWindows, _piece_cuts, _pieces, batch_maker, prepare
 from pretrainer.data.sources import DataError, load_corpus, shakespeare, strip_gutenberg
-from pretrainer.data.tokenizer import gpt2, train_bpe
+from pretrainer.data.tokenizer import gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
 
 def data_config(source, tmp_path, **kw):
@@ -28,12 +30,63 @@ def test_gpt2_tokenizer_matches_gpt2():
     assert tok.get_vocab_size() == 50257 and tok.token_to_id("<|endoftext|>") == 50256
 
 
-def test_pieces_tokenize_like_the_whole():
-    tok = train_bpe(["a b c\nd e f\n  g\n"] * 10, vocab_size=300)
-    text = "".join(f"line {i} text \n  indented {i}\nplain\n" for i in range(200))
-    pieces = _pieces(text, size=97)
-    assert len(pieces) > 5 and "".join(pieces) == text
-    assert [i for p in pieces for i in tok.encode(p).ids] == tok.encode(text).ids
+def long_document(seed: int, words: int) -> str:
+    """Words, contractions, punctuation, digits, accents and CJK, joined by every kind of whitespace."""
+    rng = random.Random(seed)
+    vocabulary = (
+        "the King queen's 'tis o'er naïve café 漢字 🎭 x2 1,000 -- ... (aside) Exeunt. ROMEO. I don't ´ e\u0301"
+    )
+    separators = [" ", " ", " ", "  ", "\t", "\n", "\n", "\n\n", " \n", "\n ", "\n\t", "\r\n", "\u00a0", "   \n\n  "]
+    return "".join(rng.choice(vocabulary.split()) + rng.choice(separators) for _ in range(words))
+
+
+def tokenizer_json(texts, folder, pre_tokenizer, normalizer=None) -> Tokenizer:
+    """A user's tokenizer.json of a kind not trained here: a Unigram under the given pre-tokenizer and normalizer."""
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizer
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<unk>"], unk_token="<unk>", show_progress=False)
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    return load_tokenizer(folder / "tokenizer.json")
+
+
+TOKENIZER_KINDS = {  # name: (make it from texts and a folder, whether it is known where its texts can be cut)
+    "bpe": (lambda texts, _: train_bpe(texts, 400), True),
+    "wordpiece": (lambda texts, _: train_wordpiece(texts, 300), True),
+    "unigram": (lambda texts, _: train_unigram(texts, 300, 20), True),
+    "gpt2": (lambda texts, _: gpt2(), True),
+    "metaspace first": (lambda t, f: tokenizer_json(t, f, pre_tokenizers.Metaspace(prepend_scheme="first")), True),
+    "whitespace nfkc": (
+        lambda t, f: tokenizer_json(t, f, pre_tokenizers.Whitespace(), normalizers.NFKC()),
+        True,
+    ),
+    "metaspace unsplit": (lambda t, f: tokenizer_json(t, f, pre_tokenizers.Metaspace(split=False)), False),
+    "metaspace nfkc": (lambda t, f: tokenizer_json(t, f, pre_tokenizers.Metaspace(), normalizers.NFKC()), False),
+    "byte-level prefix space": (
+        lambda t, f: tokenizer_json(t, f, pre_tokenizers.ByteLevel(add_prefix_space=True)),
+        False,
+    ),
+    "sequence": (
+        lambda t, f: tokenizer_json(
+            t, f, pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        ),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_pieces_tokenize_like_the_whole(kind, tmp_path):
+    make, known = TOKENIZER_KINDS[kind]
+    tok = make([long_document(seed, 300) for seed in range(10)], tmp_path)
+    text = long_document(99, 6000)
+    pieces = _pieces(text, _piece_cuts(tok), size=1)  # size 1: cut at every place allowed
+    assert "".join(pieces) == text and (len(pieces) > 500 if known else len(pieces) == 1)
+    pieces_ids = [i for enc in tok.encode_batch(pieces, add_special_tokens=False) for i in enc.ids]
+    assert pieces_ids == tok.encode(text, add_special_tokens=False).ids
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece", "unigram"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,29 +55,69 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _pieces(text: str, size: int = 1 << 20) -> list[str]:
-    """Cut a long text into ~`size` pieces at line breaks where byte-level pre-tokenization also
-    splits ("x\\ny": no whitespace on either side), so the pieces tokenize exactly as the whole."""
+# Where a pre-tokenizer always ends one pre-token and begins the next, as zero-width patterns: every model (BPE,
+# WordPiece, Unigram, ...) encodes pre-tokens one by one, so pieces of a text cut there encode as the whole.
+_CUTS = {
+    # GPT-2's pattern takes a lone "\n" between two non-spaces as a pre-token of its own (in a longer run of
+    # whitespace, where a pre-token ends depends on what follows the run)
+    "ByteLevel": re.compile(r"(?<=\S\n)(?=\S)"),
+    # Metaspace makes every space a "▁" that begins a pre-token, and prepends none to a piece already beginning
+    # with one (a cut at a line break would glue two words into one pre-token, or add a "▁")
+    "Metaspace": re.compile(r"(?= )"),
+    # these drop whitespace between pre-tokens
+    "BertPreTokenizer": re.compile(r"(?<=\n)"),
+    "Whitespace": re.compile(r"(?<=\n)"),
+    "WhitespaceSplit": re.compile(r"(?<=\n)"),
+}
+# Normalizers that act on each character alone (Unicode composition never joins across a line break) and keep a
+# line break whitespace: a text cut after one normalizes piece by piece as it does whole, and the break still
+# separates pre-tokens where whitespace is dropped.
+_PER_CHARACTER = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+
+
+def _per_character(normalizer: dict) -> bool:
+    if normalizer["type"] == "Sequence":
+        return all(map(_per_character, normalizer["normalizers"]))
+    return normalizer["type"] in _PER_CHARACTER
+
+
+def _piece_cuts(tok: Tokenizer) -> re.Pattern | None:
+    """Where a text may be cut so that its pieces tokenize exactly as the whole, or None where that is not known
+    for this tokenizer (its texts are then tokenized whole). Read from the tokenizer's own settings."""
+    spec = json.loads(tok.to_str())
+    pre, normalizer = spec["pre_tokenizer"] or {}, spec["normalizer"]
+    kind = pre.get("type")
+    if kind == "ByteLevel" and not (pre.get("add_prefix_space") is False and pre.get("use_regex") is True):
+        return None  # a space prepended to every piece, or no split at all
+    if kind == "Metaspace" and pre.get("split") is not True:
+        return None
+    # ByteLevel's and Metaspace's cuts depend on the exact whitespace, which a normalizer may change
+    if normalizer is not None and (kind in ("ByteLevel", "Metaspace") or not _per_character(normalizer)):
+        return None
+    # added tokens are matched in the raw text first: none may span a cut or reach across one for whitespace
+    if any(t["lstrip"] or t["rstrip"] or any(c.isspace() for c in t["content"]) for t in spec["added_tokens"]):
+        return None
+    return _CUTS.get(kind)
+
+
+def _pieces(text: str, cuts: re.Pattern | None, size: int = 1 << 20) -> list[str]:
+    """`text` cut into pieces of at least `size` characters (the last may be shorter) at the first place `cuts`
+    allows, or whole if `cuts` is None."""
     pieces, start = [], 0
-    while len(text) - start > size:
-        cut = start + size
-        while cut < len(text) - 1 and not (
-            text[cut] == "\n" and not text[cut - 1].isspace() and not text[cut + 1].isspace()
-        ):
-            cut += 1
-        pieces.append(text[start : cut + 1])
-        start = cut + 1
+    while cuts is not None and len(text) - start > size and (cut := cuts.search(text, start + size)):
+        pieces.append(text[start : cut.start()])
+        start = cut.start()
     pieces.append(text[start:])
     return pieces
 
 
 def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> int:
     """Write every document's tokens followed by EOS to `path` (atomically); returns the token count."""
-    n = 0
+    n, cuts = 0, _piece_cuts(tok)
     with atomic_file(path, "wb") as f:
         for doc in docs:
             # encode_batch runs in parallel (Rust threads) over the pieces of each document
-            ids = [i for enc in tok.encode_batch(_pieces(doc.text), add_special_tokens=False) for i in enc.ids]
+            ids = [i for enc in tok.encode_batch(_pieces(doc.text, cuts), add_special_tokens=False) for i in enc.ids]
             ids.append(eos)
             np.asarray(ids, dtype=dtype).tofile(f)
             n += len(ids)

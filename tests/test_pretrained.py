@@ -6,13 +6,15 @@ import sys
 import pytest
 import torch
 
-from pretrainer.convert import convert, resolve_source
+from pretrainer.convert import BUILTIN, convert, resolve_source
 from pretrainer.model.hf import ConversionError
 from pretrainer.train.checkpoint import CheckpointError, load
 
 transformers = pytest.importorskip("transformers")
+needs_minilm = pytest.mark.download(BUILTIN["minilm"][0])
 
 
+@needs_minilm
 def test_minilm_imports_with_a_fresh_tied_mlm_head(tmp_path):
     out, notes = convert("minilm", tmp_path / "minilm")
     assert any("no MLM head" in n and "tied to the word embeddings" in n for n in notes)
@@ -34,6 +36,7 @@ def test_minilm_imports_with_a_fresh_tied_mlm_head(tmp_path):
     assert (expected - got)[pad].abs().max() <= 1e-4
 
 
+@needs_minilm
 def test_minilm_round_trip_to_bert_for_masked_lm(tmp_path):
     ours, _ = convert("minilm", tmp_path / "minilm")
     exported, _ = convert(str(ours), tmp_path / "hf")
@@ -44,6 +47,7 @@ def test_minilm_round_trip_to_bert_for_masked_lm(tmp_path):
         assert (theirs(input_ids=ids).logits - model(ids)[0]).abs().max() <= 1e-4
 
 
+@needs_minilm
 def test_encoder_checkpoint_cannot_generate(tmp_path):
     out, _ = convert("minilm", tmp_path / "minilm")
     with pytest.raises(
@@ -56,6 +60,7 @@ def test_encoder_checkpoint_cannot_generate(tmp_path):
     assert cli.returncode == 2 and "model.arch=encoder" in cli.stderr
 
 
+@needs_minilm
 def test_convert_refuses_an_existing_destination(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(ConversionError, match="already exists"):
@@ -63,6 +68,7 @@ def test_convert_refuses_an_existing_destination(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.download(BUILTIN["smollm2"][0])
 def test_smollm2_gguf_imports_and_matches_transformers(tmp_path):
     pytest.importorskip("gguf")
     out, notes = convert("smollm2", tmp_path / "smol")

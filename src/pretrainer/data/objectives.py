@@ -26,7 +26,7 @@ def mask_tokens(
     input_ids: torch.Tensor,
     *,
     mask_id: int,
-    vocab_size: int,
+    tokenizer_vocab_size: int,
     special_ids: Collection[int],
     generator: torch.Generator,
     mask_prob: float = 0.15,
@@ -37,9 +37,11 @@ def mask_tokens(
     Every non-special token is chosen independently with probability `mask_prob` (a Bernoulli draw, so the count
     per row varies). With `word_starts` (True where a token begins a word) whole words are chosen instead, each
     with probability `mask_prob`, and all tokens of a chosen word with them. Of the chosen tokens 80% become
-    `mask_id`, 10% a token drawn uniformly from the non-special vocabulary (by chance, now and then, the original
-    one) and 10% stay as they are, decided per token. The labels are the original ids at the chosen positions and
-    -100 elsewhere. Special ids (and `mask_id`) are never chosen nor drawn. `generator` lives on the ids' device.
+    `mask_id`, 10% a token drawn uniformly from the tokenizer's non-special ids (by chance, now and then, the
+    original one) and 10% stay as they are, decided per token. The labels are the original ids at the chosen
+    positions and -100 elsewhere. Special ids (and `mask_id`) are never chosen nor drawn; nor are the ids from
+    `tokenizer_vocab_size` up, which pad the model's vocabulary and never occur in real input. `generator` lives
+    on the ids' device.
     """
     device, shape = input_ids.device, input_ids.shape
     special = torch.tensor(sorted({*special_ids, mask_id}), dtype=torch.long, device=device)
@@ -51,8 +53,8 @@ def mask_tokens(
         chosen = words.gather(-1, word)
     chosen &= ~torch.isin(input_ids, special)
     action = torch.rand(shape, generator=generator, device=device)
-    pool = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    pool[special[special < vocab_size]] = False
+    pool = torch.ones(tokenizer_vocab_size, dtype=torch.bool, device=device)
+    pool[special[special < tokenizer_vocab_size]] = False
     pool = pool.nonzero().squeeze(1)
     random_ids = pool[torch.randint(len(pool), shape, generator=generator, device=device)]
     inputs = torch.where(chosen & (action < 0.8), mask_id, input_ids)
@@ -256,12 +258,11 @@ class CausalLM:
 class MaskedLM:
     """BERT: `[CLS] tokens [SEP]` (or `[CLS] A [SEP] B [SEP]` pairs with NSP), masked anew in every batch."""
 
-    def __init__(
-        self, seq_len: int, tokenizer: Tokenizer, vocab_size: int, mask_prob: float, whole_word: bool, nsp: bool
-    ):
+    def __init__(self, seq_len: int, tokenizer: Tokenizer, mask_prob: float, whole_word: bool, nsp: bool):
         fix = "use data.tokenizer=wordpiece"
         self.cls, self.sep, self.mask, self.pad = _special(tokenizer, ["[CLS]", "[SEP]", "[MASK]", "[PAD]"], "mlm", fix)
-        self.seq_len, self.vocab_size, self.mask_prob, self.nsp = seq_len, vocab_size, mask_prob, nsp
+        self.seq_len, self.mask_prob, self.nsp = seq_len, mask_prob, nsp
+        self.tokenizer_vocab_size = tokenizer.get_vocab_size()
         self.special = tokenizer_special_ids(tokenizer)
         self.word_starts = word_start_table(tokenizer) if whole_word else None
         self.window = self.stride = seq_len - 2
@@ -285,8 +286,8 @@ class MaskedLM:
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         word_starts = self.word_starts[ids] if self.word_starts is not None else None
         out["input_ids"], out["targets"] = mask_tokens(
-            ids, mask_id=self.mask, vocab_size=self.vocab_size, special_ids=self.special, generator=generator,
-            mask_prob=self.mask_prob, word_starts=word_starts,
+            ids, mask_id=self.mask, tokenizer_vocab_size=self.tokenizer_vocab_size, special_ids=self.special,
+            generator=generator, mask_prob=self.mask_prob, word_starts=word_starts,
         )  # fmt: skip
         return out
 
@@ -319,7 +320,7 @@ def make_objective(config, tokenizer: Tokenizer):
     """The objective a Config asks for, bound to its tokenizer and model."""
     o, m = config.objective, config.model
     if o.name == "mlm":
-        return MaskedLM(o.seq_len, tokenizer, m.vocab_size, o.mask_prob, o.whole_word, o.nsp)
+        return MaskedLM(o.seq_len, tokenizer, o.mask_prob, o.whole_word, o.nsp)
     if o.name == "span_corruption":
         return SpanCorruption(o.seq_len, tokenizer, o.noise_density, o.mean_span_length, m.decoder_start_id)
     return CausalLM(o.seq_len)

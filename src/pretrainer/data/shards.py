@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config import DataConfig
+from ..files import atomic_file, write_atomic
 from .sources import Corpus, DataError, cache_dir, load_corpus
 from .tokenizer import eos_id, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
@@ -54,40 +55,72 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+# Where a pre-tokenizer always ends one pre-token and begins the next, as zero-width patterns: every model (BPE,
+# WordPiece, Unigram, ...) encodes pre-tokens one by one, so pieces of a text cut there encode as the whole.
+_CUTS = {
+    # GPT-2's pattern takes a lone "\n" between two non-spaces as a pre-token of its own (in a longer run of
+    # whitespace, where a pre-token ends depends on what follows the run)
+    "ByteLevel": re.compile(r"(?<=\S\n)(?=\S)"),
+    # Metaspace makes every space a "▁" that begins a pre-token, and prepends none to a piece already beginning
+    # with one (a cut at a line break would glue two words into one pre-token, or add a "▁")
+    "Metaspace": re.compile(r"(?= )"),
+    # these drop whitespace between pre-tokens
+    "BertPreTokenizer": re.compile(r"(?<=\n)"),
+    "Whitespace": re.compile(r"(?<=\n)"),
+    "WhitespaceSplit": re.compile(r"(?<=\n)"),
+}
+# Normalizers that act on each character alone (Unicode composition never joins across a line break) and keep a
+# line break whitespace: a text cut after one normalizes piece by piece as it does whole, and the break still
+# separates pre-tokens where whitespace is dropped.
+_PER_CHARACTER = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
 
 
-def _pieces(text: str, size: int = 1 << 20) -> list[str]:
-    """Cut a long text into ~`size` pieces at line breaks where byte-level pre-tokenization also
-    splits ("x\\ny": no whitespace on either side), so the pieces tokenize exactly as the whole."""
+def _per_character(normalizer: dict) -> bool:
+    if normalizer["type"] == "Sequence":
+        return all(map(_per_character, normalizer["normalizers"]))
+    return normalizer["type"] in _PER_CHARACTER
+
+
+def _piece_cuts(tok: Tokenizer) -> re.Pattern | None:
+    """Where a text may be cut so that its pieces tokenize exactly as the whole, or None where that is not known
+    for this tokenizer (its texts are then tokenized whole). Read from the tokenizer's own settings."""
+    spec = json.loads(tok.to_str())
+    pre, normalizer = spec["pre_tokenizer"] or {}, spec["normalizer"]
+    kind = pre.get("type")
+    if kind == "ByteLevel" and not (pre.get("add_prefix_space") is False and pre.get("use_regex") is True):
+        return None  # a space prepended to every piece, or no split at all
+    if kind == "Metaspace" and pre.get("split") is not True:
+        return None
+    # ByteLevel's and Metaspace's cuts depend on the exact whitespace, which a normalizer may change
+    if normalizer is not None and (kind in ("ByteLevel", "Metaspace") or not _per_character(normalizer)):
+        return None
+    # added tokens are matched in the raw text first: none may span a cut or reach across one for whitespace
+    if any(t["lstrip"] or t["rstrip"] or any(c.isspace() for c in t["content"]) for t in spec["added_tokens"]):
+        return None
+    return _CUTS.get(kind)
+
+
+def _pieces(text: str, cuts: re.Pattern | None, size: int = 1 << 20) -> list[str]:
+    """`text` cut into pieces of at least `size` characters (the last may be shorter) at the first place `cuts`
+    allows, or whole if `cuts` is None."""
     pieces, start = [], 0
-    while len(text) - start > size:
-        cut = start + size
-        while cut < len(text) - 1 and not (
-            text[cut] == "\n" and not text[cut - 1].isspace() and not text[cut + 1].isspace()
-        ):
-            cut += 1
-        pieces.append(text[start : cut + 1])
-        start = cut + 1
+    while cuts is not None and len(text) - start > size and (cut := cuts.search(text, start + size)):
+        pieces.append(text[start : cut.start()])
+        start = cut.start()
     pieces.append(text[start:])
     return pieces
 
 
 def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> int:
     """Write every document's tokens followed by EOS to `path` (atomically); returns the token count."""
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "wb") as f:
+    n, cuts = 0, _piece_cuts(tok)
+    with atomic_file(path, "wb") as f:
         for doc in docs:
             # encode_batch runs in parallel (Rust threads) over the pieces of each document
-            ids = [i for enc in tok.encode_batch(_pieces(doc.text), add_special_tokens=False) for i in enc.ids]
+            ids = [i for enc in tok.encode_batch(_pieces(doc.text, cuts), add_special_tokens=False) for i in enc.ids]
             ids.append(eos)
             np.asarray(ids, dtype=dtype).tofile(f)
             n += len(ids)
-    os.replace(tmp, path)
     return n
 
 
@@ -133,7 +166,7 @@ def prepare(cfg: DataConfig) -> Shards:
         tok = load_tokenizer(cfg.tokenizer)
     eos = eos_id(tok)
     dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
-    _atomic_write(out / "tokenizer.json", tok.to_str().encode())
+    write_atomic(out / "tokenizer.json", tok.to_str().encode())
     # from here on the tokenizer as saved: a trained Unigram's scores change in their last bits when
     # written and read back, and every later run reads the saved one
     tok = load_tokenizer(out / "tokenizer.json")
@@ -150,8 +183,13 @@ def prepare(cfg: DataConfig) -> Shards:
         "dtype": dtype.name,
         "splits": splits,
     }
-    _atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
+    write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return Shards(out, tok, manifest, reused=False)
+
+
+# Every use of randomness seeds its generator with (seed, its own tag, n): with (seed, n) alone, the order of
+# epoch n and the masks of the batch that begins at example n would be one and the same stream.
+_EPOCH_STREAM, _BATCH_STREAM = 1, 2
 
 
 class TokenWindows:
@@ -176,7 +214,7 @@ class TokenWindows:
     def _start(self, i: int) -> int:
         epoch, k = divmod(i, self.per_epoch)
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
+            rng = np.random.default_rng([self.seed, _EPOCH_STREAM, epoch])
             self._offset = int(rng.integers(self.stride))
             self._order = rng.permutation(self.per_epoch)
             self._epoch = epoch
@@ -187,13 +225,28 @@ class TokenWindows:
         return np.stack([self.tokens[s : s + self.window] for s in map(self._start, range(first, first + size))])
 
 
+def batch_maker(objective, windows: TokenWindows, seed: int):
+    """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
+    from (seed, first), so that any batch can be rebuilt exactly."""
+
+    def make(first: int, size: int) -> dict:
+        rng = np.random.default_rng([seed, _BATCH_STREAM, first])
+        return objective.batch(windows.rows(first, size), windows.tokens, rng)
+
+    return make
+
+
 class Prefetcher:
     """Builds the next batches in a background thread while the model trains on the current one.
-    `make(first, size)` builds the batch of examples first .. first+size-1."""
+    `make(first, size)` builds the batch of examples first .. first+size-1.
+
+    A failure in `make` is raised by `next()` (again at every later call) and ends the thread. Use it as a context
+    manager, `with Prefetcher(...) as batches:`, so that the thread also ends when the consumer fails."""
 
     def __init__(self, make, first: int, batch_size: int, depth: int = 4):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: Exception | None = None
 
         def work():
             i = first
@@ -208,17 +261,27 @@ class Prefetcher:
                         break
                     except queue.Full:
                         continue
+                if isinstance(item, Exception):
+                    return  # no batch after a failure is ever used
                 i += batch_size
 
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 
     def next(self):
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+        if self._error is None:
+            item = self._queue.get()
+            if not isinstance(item, Exception):
+                return item
+            self._error = item
+        raise self._error
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

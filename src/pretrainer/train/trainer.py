@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..config import DEVICES, Config, to_yaml
 from ..data.objectives import make_objective
-from ..data.shards import Prefetcher, Shards, TokenWindows, prepare
+from ..data.shards import Prefetcher, Shards, TokenWindows, batch_maker, prepare
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
@@ -103,17 +102,6 @@ def _check_resumable(saved: Config, config: Config) -> None:
             f"checkpoint does not match the config: {', '.join(differences)}; resume with the run's own "
             "config.yaml or start a new --run-dir"
         )
-
-
-def batch_maker(objective, windows: TokenWindows, seed: int):
-    """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
-    from (seed, first), so that any batch can be rebuilt exactly."""
-
-    def make(first: int, size: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([seed, first])
-        return objective.batch(windows.rows(first, size), windows.tokens, rng)
-
-    return make
 
 
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:

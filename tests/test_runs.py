@@ -82,6 +82,28 @@ def test_resuming_a_finished_run_says_so(tiny_config, corpus, tmp_path, capsys):
     assert (run / "config.yaml").read_text() == saved_config and (run / "metrics.jsonl").read_text() == metrics
 
 
+def test_resume_refuses_a_corpus_edited_since_the_checkpoint(tiny_config, corpus, tmp_path):
+    """Editing the corpus would retrain the tokenizer under the resumed model's embeddings (new token ids for
+    old rows): the resume is refused before any shard is rewritten, and so is one on a new tokenizer file."""
+    run = tmp_path / "r"
+    pretrainer.train(tiny_config(**{"train.max_steps": 4, "train.save_every": 2}), run)
+    before, shards = files_of(run), files_of(tmp_path / "data")
+    with open(corpus / "doc0.txt", "a") as doc:
+        doc.write("An added line of new words: zephyr quixotic.\n")
+    with pytest.raises(CheckpointError, match=r"the corpus \(data.source: 6 documents then, 6 now\) changed since "
+                       r"step-4 was saved; a resumed run must see the data it was trained on"):  # fmt: skip
+        pretrainer.train(tiny_config(**{"train.max_steps": 6}), run, resume=True)
+    assert files_of(run) == before and files_of(tmp_path / "data") == shards
+
+    (corpus / "doc5.txt").unlink()  # and a document fewer
+    with pytest.raises(CheckpointError, match=r"6 documents then, 5 now"):
+        pretrainer.train(tiny_config(**{"train.max_steps": 6}), run, resume=True)
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_metrics_after_resume_equal_the_uninterrupted_run_off_a_log_boundary(tiny_config, tmp_path):
     """Checkpoints at steps 4 and 8 fall inside logging windows of 3 steps: the partly filled window is saved
     with the checkpoint, so the rows after the resume average the same steps as the uninterrupted run's."""

@@ -11,6 +11,7 @@ import json
 import queue
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,10 +143,22 @@ def _tokenizer_spec(cfg: DataConfig) -> dict:
     return {"kind": "file", "sha256": file_sha256(Path(cfg.tokenizer).expanduser())}
 
 
-def prepare(cfg: DataConfig) -> Shards:
-    """Make (or find) the shards that `cfg` describes."""
+def data_record(inputs: dict) -> dict:
+    """What a checkpoint keeps of the data it was trained on: a digest of each part of the shards' inputs."""
+
+    def digest(part) -> str:
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
+
+    return {"documents": len(inputs["sources"]), **{key: digest(inputs[key]) for key in sorted(inputs)}}
+
+
+def prepare(cfg: DataConfig, check: Callable[[dict], None] | None = None) -> Shards:
+    """Make (or find) the shards that `cfg` describes. `check(data_record(inputs))`, when given, sees what they
+    are made from before anything is written, and may refuse it by raising."""
     corpus: Corpus = load_corpus(cfg.source, cfg.val_fraction)
     inputs = {"sources": corpus.fingerprint(), "tokenizer": _tokenizer_spec(cfg), "val_fraction": cfg.val_fraction}
+    if check is not None:
+        check(data_record(inputs))
     out = shard_dir(cfg)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():

@@ -39,6 +39,12 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
 
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl; a last line without its newline (the writer was killed mid-row) is left out."""

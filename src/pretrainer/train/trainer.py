@@ -10,6 +10,7 @@ its own validation numbers (`eval_sums`), so the loop never branches on the kind
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import DEVICES, Config, to_yaml
 from ..data.objectives import make_objective
-from ..data.shards import Prefetcher, Shards, TokenWindows, batch_maker, prepare
+from ..data.shards import Prefetcher, Shards, TokenWindows, batch_maker, data_record, prepare
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
@@ -104,6 +105,22 @@ def _check_resumable(saved: Config, config: Config) -> None:
         )
 
 
+def _check_same_data(saved: dict, ckpt: Path, now: dict) -> None:
+    """Refuse to resume on other data: the model's embeddings belong to its token ids, its data cursor to its
+    examples."""
+    parts = {
+        "sources": f"the corpus (data.source: {saved['documents']} documents then, {now['documents']} now)",
+        "tokenizer": "the tokenizer (data.tokenizer)",
+        "val_fraction": "the validation split (data.val_fraction)",
+    }
+    changed = [what for key, what in parts.items() if saved[key] != now[key]]
+    if changed:
+        raise CheckpointError(
+            f"{' and '.join(changed)} changed since {ckpt.name} was saved; a resumed run must see the data it was "
+            "trained on: restore it, or start a new --run-dir"
+        )
+
+
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:
     """Pretrain the model `config` describes; write metrics, checkpoints and loss.png to `run_dir`."""
     return Trainer(config, run_dir, resume).fit()
@@ -130,7 +147,16 @@ class Trainer:
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
 
-        self.shards = prepare(config.data)
+        saved_data = state.get("data") if state else None  # checkpoints from before issue 8 have none
+        check = functools.partial(_check_same_data, saved_data, self.resumed_from) if saved_data else None
+        self.shards = prepare(config.data, check)
+        manifest = self.shards.manifest
+        self.data = {**data_record(manifest["inputs"]), "tokenizer_sha256": manifest["tokenizer_sha256"]}
+        if saved_data and saved_data["tokenizer_sha256"] != self.data["tokenizer_sha256"]:
+            raise CheckpointError(
+                f"the tokenizer of the shards (rebuilt since) differs from the one {self.resumed_from.name} was "
+                f"trained with; a resumed run needs its token ids: start a new --run-dir"
+            )
         tokenizer_vocab = self.shards.manifest["vocab_size"]
         if config.model.vocab_size is None:
             config.model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
@@ -204,14 +230,14 @@ class Trainer:
             write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         except OSError as e:
             raise CheckpointError(f"cannot write the run folder '{self.run_dir}' ({e.strerror})") from None
-        prefetch = Prefetcher(batch_maker(self.objective, self.train_windows, t.seed), self.sample, t.batch_size)
+        batches = Prefetcher(batch_maker(self.objective, self.train_windows, t.seed), self.sample, t.batch_size)
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
         self.metrics = MetricsLog(self.run_dir, keep_until_step=self.step if self.resumed_from else None)
         self.window_start = time.perf_counter()
         self.model.train()
-        try:
+        with batches, bar, self.metrics:
             while self.step < t.max_steps:
-                self.train_step(prefetch)
+                self.train_step(batches)
                 last = self.step == t.max_steps
                 if self.step % t.log_every == 0 or last:
                     self.log(bar)
@@ -222,10 +248,6 @@ class Trainer:
                 if self.step % t.save_every == 0 or last:
                     self.save()
                 self.window_start += time.perf_counter() - paused
-        finally:
-            prefetch.close()
-            bar.close()
-            self.metrics.close()
         plot_loss(self.run_dir)
         return self._result()
 
@@ -234,14 +256,14 @@ class Trainer:
             self.run_dir, self.step, self.scores.get("val_loss"), self.shards, self.scores, already_finished
         )
 
-    def train_step(self, prefetch: Prefetcher) -> None:
+    def train_step(self, batches: Prefetcher) -> None:
         """One optimizer step over train.grad_accum micro-batches."""
         t = self.config.train
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for _ in range(t.grad_accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in prefetch.next().items()}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batches.next().items()}
             with self.autocast():
                 _, loss = self.forward(**batch)
             (loss / t.grad_accum).backward()
@@ -329,6 +351,7 @@ class Trainer:
             "rng": _rng_state(self.device),
             "scores": self.scores,
             "window": {"loss_sum": self.loss_sum.item(), "steps": self.window_steps},
+            "data": self.data,
         }
         keep = self.config.train.keep_last
         checkpoint.save(self.run_dir, self.step, self.model, self.config, self.shards.tokenizer, state, keep)

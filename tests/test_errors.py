@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import pretrainer
 from pretrainer import cli
+from pretrainer.config import ModelConfig
+from pretrainer.convert import export_hf
 from pretrainer.model import build_model
 from pretrainer.train import checkpoint
 from tests.conftest import make_corpus, tiny_overrides
@@ -31,6 +33,11 @@ class Case:
     argv: str  # the command line after `pretrainer`; {run}, {tmp}, ... filled in by `setup`, TINY by tiny overrides
     says: str  # a part of the one-line message
     setup: str | None = None  # the name of a function below that prepares files and returns placeholders
+
+
+BERT = ("model.arch=encoder", "objective.name=mlm", "data.tokenizer=wordpiece")
+T5 = ("model.arch=encoder_decoder", "model.positions=relative", "objective.name=span_corruption",
+      "data.tokenizer=unigram", "data.sentinels=20")  # fmt: skip
 
 
 def train(*overrides):
@@ -118,6 +125,20 @@ CASES = [
     Case("a tokenizer file that does not exist", train("data.tokenizer={tmp}/tok.json"), "tokenizer file", None),
     Case("a tokenizer file that is not one", train("data.tokenizer={tmp}/garbage.json"),
          "is not a valid tokenizer.json", "garbage_tokenizer"),
+    Case("a BPE vocabulary below its 257 fixed tokens", train("data.vocab_size=100"),
+         "data.vocab_size=100 is too small for a byte-level BPE tokenizer"),
+    Case("a WordPiece vocabulary too small", train(*BERT, "data.vocab_size=20"),
+         "data.vocab_size=20 is too small for a WordPiece tokenizer"),
+    Case("a Unigram vocabulary too small", train(*T5, "data.vocab_size=30"),
+         "data.vocab_size=30 is too small for a Unigram tokenizer"),
+    Case("BERT examples too short for a masked token", train(*BERT, "objective.seq_len=2"),
+         "objective.seq_len=2 is too short for [CLS] x [SEP]"),
+    Case("T5 examples too short for a span", train(*T5, "objective.seq_len=2"),
+         "objective.seq_len=2 is too short for span corruption; use at least 3"),
+    Case("too few sentinels for the spans", train(*T5, "data.sentinels=1"),
+         "makes 2 noise spans per example, which need 3 sentinels"),
+    Case("noise too dense to leave gaps", train(*T5, "objective.noise_density=0.9"),
+         "objective.noise_density=0.9 with objective.mean_span_length=3.0 leaves no room"),
     Case("BERT with a tokenizer that has no [MASK]",
          train("model.arch=encoder", "objective.name=mlm", "data.tokenizer=bpe"),
          r"needs the tokens [CLS], [SEP], [MASK], [PAD]"),
@@ -153,6 +174,19 @@ CASES = [
     Case("a garbled tokenizer.json (no checksums)", generate(), "tokenizer.json' cannot be read as a tokenizer",
          "garbled_tokenizer"),
     Case("a checkpoint without a tokenizer", generate(), "has no tokenizer.json", "no_tokenizer"),
+    # conversion to and from transformers
+    Case("a conversion source that does not exist", "convert {tmp}/nowhere {tmp}/out", "does not exist"),
+    Case("a destination that exists", "convert {tmp}/hf {tmp}/run", "already exists", "gpt2_folder"),
+    Case("a destination inside a file", "convert {tmp}/hf {tmp}/file/out", "is a file, not a folder", "gpt2_folder"),
+    Case("a config.json that is not JSON", "convert {tmp}/hf {tmp}/out", "config.json' is not valid JSON",
+         "hf_config_not_json"),
+    Case("a config.json without a size", "convert {tmp}/hf {tmp}/out", "a gpt2 config.json needs 'n_embd'",
+         "hf_config_no_width"),
+    Case("an architecture pretrainer does not hold", "convert {tmp}/hf {tmp}/out",
+         "unsupported architecture 'mamba'", "hf_config_mamba"),
+    Case("pickled weights", "convert {tmp}/hf {tmp}/out", "pickled .bin weights are not loaded", "hf_pickled"),
+    Case("a .gguf that is not GGUF", "convert {tmp}/fake.gguf {tmp}/out", "fake.gguf' is not a GGUF file",
+         "fake_gguf"),
     # generation settings
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),
     Case("top-p above 1", generate("--top-p 1.5"), "top_p must be in (0, 1] (got 1.5)"),
@@ -217,6 +251,37 @@ def locked(tmp, run, monkeypatch):  # as root every folder is writable: make one
     (tmp / "locked").mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp / "locked" and real_access(path, mode))
+
+
+def gpt2_folder(tmp, run, monkeypatch):
+    config = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)
+    export_hf(build_model(config), None, tmp / "hf")
+    (tmp / "file").write_text("a file")
+
+
+def hf_config_not_json(tmp, run, monkeypatch):
+    gpt2_folder(tmp, run, monkeypatch)
+    (tmp / "hf" / "config.json").write_text('{"model_type": "gpt2", ')
+
+
+def hf_config_no_width(tmp, run, monkeypatch):
+    gpt2_folder(tmp, run, monkeypatch)
+    config = json.loads((tmp / "hf" / "config.json").read_text())
+    (tmp / "hf" / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "n_embd"}))
+
+
+def hf_config_mamba(tmp, run, monkeypatch):
+    (tmp / "hf").mkdir()
+    (tmp / "hf" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+
+
+def hf_pickled(tmp, run, monkeypatch):
+    gpt2_folder(tmp, run, monkeypatch)
+    (tmp / "hf" / "model.safetensors").rename(tmp / "hf" / "pytorch_model.bin")
+
+
+def fake_gguf(tmp, run, monkeypatch):
+    (tmp / "fake.gguf").write_bytes(bytes(range(256)) * 4)
 
 
 def step_2(run):
@@ -328,7 +393,7 @@ def test_bad_input_gets_one_line(case, trained, tmp_path, capsys, monkeypatch):
     lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
     expected = case.says.replace("{tmp}", str(tmp_path))
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    assert files_of(run) == before  # nothing written, nothing lost
+    assert files_of(run) == before and not (tmp_path / "out").exists()  # nothing written, nothing lost
 
 
 def markdown_table() -> str:

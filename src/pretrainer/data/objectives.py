@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .sources import DataError
+from ..errors import ConfigError, DataError
 from .tokenizer import eos_id, sentinel_ids
 from .tokenizer import special_ids as tokenizer_special_ids
 
@@ -261,6 +261,12 @@ class MaskedLM:
     def __init__(self, seq_len: int, tokenizer: Tokenizer, mask_prob: float, whole_word: bool, nsp: bool):
         fix = "use data.tokenizer=wordpiece"
         self.cls, self.sep, self.mask, self.pad = _special(tokenizer, ["[CLS]", "[SEP]", "[MASK]", "[PAD]"], "mlm", fix)
+        shortest = 5 if nsp else 3  # [CLS] A [SEP] B [SEP] needs a token in A and in B; [CLS] x [SEP] one
+        if seq_len < shortest:
+            raise ConfigError(
+                f"objective.seq_len={seq_len} is too short for {'[CLS] A [SEP] B [SEP]' if nsp else '[CLS] x [SEP]'}"
+                f" with a token to mask; use at least {shortest}"
+            )
         self.seq_len, self.mask_prob, self.nsp = seq_len, mask_prob, nsp
         self.tokenizer_vocab_size = tokenizer.get_vocab_size()
         self.special = tokenizer_special_ids(tokenizer)
@@ -301,6 +307,21 @@ class SpanCorruption:
         self.sentinels, self.eos, self.start = sentinel_ids(tokenizer), eos_id(tokenizer), start_id
         self.noise_density, self.mean_span_length = noise_density, mean_span_length
         self.window, self.target_len = t5_lengths(seq_len, noise_density, mean_span_length)
+        if self.window < 2:
+            raise ConfigError(f"objective.seq_len={seq_len} is too short for span corruption; use at least 3")
+        num_noise, num_spans = _noise_counts(self.window, noise_density, mean_span_length)
+        if num_spans > min(num_noise, self.window - num_noise):
+            raise ConfigError(
+                f"objective.noise_density={noise_density} with objective.mean_span_length={mean_span_length} "
+                f"leaves no room between {num_spans} noise spans in {self.window} tokens; lower noise_density "
+                "(T5 uses 0.15) or raise mean_span_length"
+            )
+        if num_spans + 1 > len(self.sentinels):
+            raise DataError(
+                f"objective.seq_len={seq_len} makes {num_spans} noise spans per example, which need {num_spans + 1}"
+                f" sentinels (one per span and a final one); the tokenizer has {len(self.sentinels)}: raise "
+                "data.sentinels"
+            )
         self.stride = self.window
         self.tokens_per_example = seq_len + self.target_len
 

@@ -69,13 +69,20 @@ def test_convert_refuses_an_existing_destination(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.download(BUILTIN["smollm2"][0])
-def test_smollm2_gguf_imports_and_matches_transformers(tmp_path):
+def test_smollm2_gguf_imports_and_matches_transformers(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
+    # the conversion reads the GGUF through transformers; keep the model it reads (a second read takes ~25 s)
+    read, from_pretrained = [], transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *a, **k: read.append(from_pretrained(*a, **k)) or read[-1],
+    )
     out, notes = convert("smollm2", tmp_path / "smol")
     model, tokenizer, config = load(out)
     assert config.model.arch == "decoder" and config.model.positions == "rope" and config.model.n_kv_head == 3
-    gguf = resolve_source("smollm2")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    (theirs,) = read
+    theirs.eval()
     ids = torch.tensor([tokenizer.encode("The capital of France is").ids])
     with torch.no_grad():
         expected, got = theirs(input_ids=ids).logits, model(ids)[0]

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,9 +30,11 @@ README = Path(__file__).parent.parent / "README.md"
 @dataclass
 class Case:
     what: str  # what the user did, as the README lists it
-    argv: str  # the command line after `pretrainer`; {run}, {tmp}, ... filled in by `setup`, TINY by tiny overrides
+    argv: str  # the command line after `pretrainer`: {tmp} is the case's folder, {run} a copy of a trained run in
+    # it, TINY the overrides of a tiny model on a small corpus
     says: str  # a part of the one-line message
-    setup: str | None = None  # the name of a function below that prepares files and returns placeholders
+    setup: str | None = None  # the name of a function below that makes or damages files
+    files: dict[str, str] = field(default_factory=dict)  # files to write under {tmp} first
 
 
 BERT = ("model.arch=encoder", "objective.name=mlm", "data.tokenizer=wordpiece")
@@ -103,28 +105,30 @@ CASES = [
     Case("an override without =", train("model.n_layer"), "'model.n_layer' is not of the form section.key=value"),
     Case("a section given a value", train("model=5"), "'model' is a section, not a value"),
     Case("a recipe that does not exist", "train configs/nope.yaml", "config file 'configs/nope.yaml' not found"),
-    Case("a recipe that is not YAML", "train {tmp}/bad.yaml", "is not valid YAML (line 3", "bad_yaml"),
-    Case("a recipe that is a list", "train {tmp}/list.yaml", "holds a list, not sections", "list_yaml"),
+    Case("a recipe that is not YAML", "train {tmp}/bad.yaml", "is not valid YAML (line 3",
+         files={"bad.yaml": "model:\n  n_layer: [2\n"}),
+    Case("a recipe that is a list", "train {tmp}/list.yaml", "holds a list, not sections",
+         files={"list.yaml": "- model\n- train\n"}),
     Case("an unknown key in a recipe", "train {tmp}/typo.yaml", "'train.max_step'; did you mean 'train.max_steps'",
-         "typo_yaml"),
+         files={"typo.yaml": "train:\n  max_step: 10\n"}),
     Case("no recipe at all", "train", "the following arguments are required: config"),
     Case("an unknown command", "pretrain x", "invalid choice: 'pretrain'"),
     Case("an unknown option", f"train {RECIPE} --resum", "unrecognized arguments: --resum"),
     # data
     Case("a corpus path that does not exist", train("data.source={tmp}/none.txt"), "no such file, folder or glob"),
     Case("a corpus folder without text files", train("data.source={tmp}/empty"), "is a folder with no .txt or .jsonl",
-         "empty_folder"),
+         files={"empty/notes.md": "not a corpus"}),
     Case("a corpus of blank files", train("data.source={tmp}/blank"), "has no text (every document is empty)",
-         "blank_folder"),
+         files={"blank/a.txt": "  \n\n"}),
     Case("a jsonl line that is not JSON", train("data.source={tmp}/bad.jsonl"), "bad.jsonl:2: not valid JSON",
-         "bad_jsonl"),
+         files={"bad.jsonl": '{"text": "fine"}\n{"text": \n'}),
     Case("a jsonl line without text", train("data.source={tmp}/notext.jsonl"), "notext.jsonl:1: no string field 'text'",
-         "no_text_jsonl"),
+         files={"notext.jsonl": '{"body": "no text"}\n'}),
     Case("a corpus too small for one example", train("data.source={tmp}/tiny.txt"), "too few for examples",
-         "tiny_corpus"),
-    Case("a tokenizer file that does not exist", train("data.tokenizer={tmp}/tok.json"), "tokenizer file", None),
+         files={"tiny.txt": "Too short.\n"}),
+    Case("a tokenizer file that does not exist", train("data.tokenizer={tmp}/tok.json"), "tokenizer file"),
     Case("a tokenizer file that is not one", train("data.tokenizer={tmp}/garbage.json"),
-         "is not a valid tokenizer.json", "garbage_tokenizer"),
+         "is not a valid tokenizer.json", files={"garbage.json": '{"not": "a tokenizer"}'}),
     Case("a BPE vocabulary below its 257 fixed tokens", train("data.vocab_size=100"),
          "data.vocab_size=100 is too small for a byte-level BPE tokenizer"),
     Case("a WordPiece vocabulary too small", train(*BERT, "data.vocab_size=20"),
@@ -143,9 +147,10 @@ CASES = [
          train("model.arch=encoder", "objective.name=mlm", "data.tokenizer=bpe"),
          r"needs the tokens [CLS], [SEP], [MASK], [PAD]"),
     # run folders and resuming
-    Case("a run folder that is a file", f"train {RECIPE} --run-dir {{tmp}}/file TINY", "is a file", "a_file"),
+    Case("a run folder that is a file", f"train {RECIPE} --run-dir {{tmp}}/file TINY", "is a file",
+         files={"file": "a file"}),
     Case("a run folder inside a file", f"train {RECIPE} --run-dir {{tmp}}/file/run TINY",
-         "cannot be made: '{tmp}/file' is a file", "a_file"),
+         "cannot be made: '{tmp}/file' is a file", files={"file": "a file"}),
     Case("a run folder that cannot be written", f"train {RECIPE} --run-dir {{tmp}}/locked/run TINY",
          "cannot write to '{tmp}/locked' (permission denied)", "locked"),
     Case("a new run in a folder with checkpoints", f"train {RECIPE} --run-dir {{run}} TINY",
@@ -202,49 +207,7 @@ CASES = [
 ]  # fmt: skip
 
 
-# setups: each prepares files under tmp (a copy of the trained run at `run` to damage) and returns placeholders
-
-
-def bad_yaml(tmp, run, monkeypatch):
-    (tmp / "bad.yaml").write_text("model:\n  n_layer: [2\n")
-
-
-def list_yaml(tmp, run, monkeypatch):
-    (tmp / "list.yaml").write_text("- model\n- train\n")
-
-
-def typo_yaml(tmp, run, monkeypatch):
-    (tmp / "typo.yaml").write_text("train:\n  max_step: 10\n")
-
-
-def empty_folder(tmp, run, monkeypatch):
-    (tmp / "empty").mkdir()
-    (tmp / "empty" / "notes.md").write_text("not a corpus")
-
-
-def blank_folder(tmp, run, monkeypatch):
-    (tmp / "blank").mkdir()
-    (tmp / "blank" / "a.txt").write_text("  \n\n")
-
-
-def bad_jsonl(tmp, run, monkeypatch):
-    (tmp / "bad.jsonl").write_text('{"text": "fine"}\n{"text": \n')
-
-
-def no_text_jsonl(tmp, run, monkeypatch):
-    (tmp / "notext.jsonl").write_text('{"body": "no text"}\n')
-
-
-def tiny_corpus(tmp, run, monkeypatch):
-    (tmp / "tiny.txt").write_text("Too short.\n")
-
-
-def garbage_tokenizer(tmp, run, monkeypatch):
-    (tmp / "garbage.json").write_text('{"not": "a tokenizer"}')
-
-
-def a_file(tmp, run, monkeypatch):
-    (tmp / "file").write_text("a file")
+# setups: each makes files under tmp, or damages the copy of the trained run at `run`
 
 
 def locked(tmp, run, monkeypatch):  # as root every folder is writable: make one look locked
@@ -377,6 +340,9 @@ def files_of(folder: Path) -> dict[str, str]:
 def test_bad_input_gets_one_line(case, trained, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
+    for name, text in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     if case.setup:
         globals()[case.setup](tmp_path, run, monkeypatch)
     before = files_of(run)

@@ -18,6 +18,8 @@ needs_minilm = pytest.mark.download(BUILTIN["minilm"][0])
 def test_minilm_imports_with_a_fresh_tied_mlm_head(tmp_path):
     out, notes = convert("minilm", tmp_path / "minilm")
     assert any("no MLM head" in n and "tied to the word embeddings" in n for n in notes)
+    sums = (out / "SHA256SUMS").read_text()  # a converted checkpoint is verified on load like a trained one
+    assert all(f"  {name}\n" in sums for name in ("model.safetensors", "config.yaml", "tokenizer.json"))
     model, tokenizer, config = load(out)
     assert config.model.arch == "encoder" and config.model.n_layer == 6 and config.model.d_model == 384
     assert model.mlm_decoder.weight is model.tok_emb.weight

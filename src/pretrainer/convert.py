@@ -61,6 +61,7 @@ def convert(src: str, dst: str | Path) -> tuple[Path, list[str]]:
     config = Config(model=model.config, objective=ObjectiveConfig(name=OBJECTIVE_OF_ARCH[arch]))
     with _writing(out) as tmp:
         checkpoint.write_model(tmp, model, config, tokenizer)
+        checkpoint.seal(tmp)
     return out, notes
 
 

@@ -52,16 +52,11 @@ def test_bf16_autocast_trains_like_fp32(tiny_config, tmp_path):
     assert fp32.val_loss < untrained - 0.8 and abs(bf16.val_loss - fp32.val_loss) < 0.1
 
 
-def _cli_train(overrides, run_dir, *extra):
-    cmd = [sys.executable, "-m", "pretrainer", "train", "configs/gpt-tiny.yaml", "--run-dir", str(run_dir)]
-    return subprocess.Popen(cmd + list(extra) + overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     """kill -9 at three moments (just after a checkpoint, at a random time later, after the last checkpoint),
     each with the logging window (7 steps) cut across checkpoints (every 10): after --resume the metrics and
-    the final weights equal the uninterrupted run's."""
+    the final weights equal the uninterrupted run's. Only the killed runs need a process of their own."""
     overrides = tiny_overrides(
         corpus,
         tmp_path / "data",
@@ -75,7 +70,7 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
         },
     )
     full = tmp_path / "full"
-    assert _cli_train(overrides, full).wait() == 0
+    assert cli.main(["train", "configs/gpt-tiny.yaml", "--run-dir", str(full), *overrides]) == 0
     expected = without_timings(full)
     final = load_file(full / "checkpoints" / "step-40" / "model.safetensors")
     assert len(expected) == 6 + 2
@@ -83,7 +78,8 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     rng = random.Random(0)
     for trial, (when, delay) in enumerate([("step-10", 0.0), ("step-20", rng.uniform(0, 0.5)), ("step-40", 0.0)]):
         killed = tmp_path / f"killed{trial}"
-        proc = _cli_train(overrides, killed)
+        cmd = [sys.executable, "-m", "pretrainer", "train", "configs/gpt-tiny.yaml", "--run-dir", str(killed)]
+        proc = subprocess.Popen(cmd + overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         latest = killed / "checkpoints" / "latest"
         deadline = time.time() + 120
         while not (latest.is_file() and latest.read_text().strip() == when) and proc.poll() is None:
@@ -92,7 +88,7 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _cli_train(overrides, killed, "--resume").wait() == 0
+        assert cli.main(["train", "configs/gpt-tiny.yaml", "--run-dir", str(killed), "--resume", *overrides]) == 0
         assert without_timings(killed) == expected, when
         weights = load_file(killed / "checkpoints" / "step-40" / "model.safetensors")
         assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)

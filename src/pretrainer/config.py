@@ -173,12 +173,29 @@ class EvalConfig:
 
 
 @dataclass
+class TaskConfig:
+    """A fine-tuning task (objective.name=task): a built-in one by name, or CSV/JSONL files with a column map."""
+
+    name: str | None = None  # built-in: tweets-sentiment | code-docstrings; None: the files below
+    kind: str = "classification"  # classification | pair | regression | tagging | qa | text2text
+    train: str | None = None  # a .csv or .jsonl file per split
+    validation: str | None = None
+    test: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # our field (text, text_b, label, ...) -> the file's
+    prefix: str = ""  # text2text: put before every input ("summarize: "); a built-in task brings its own
+    max_len: int = 128  # tokens of input; longer inputs are truncated, counted and reported
+    max_target_len: int = 64  # text2text: tokens of target
+    labels: list[str] = field(default_factory=list)  # class (or tag) names in head order; empty: from training data
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
 
 _MODEL_CHOICES = {

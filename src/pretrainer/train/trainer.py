@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import DEVICES, Config, to_yaml
 from ..data.objectives import make_objective
-from ..data.shards import Prefetcher, Shards, TokenWindows, batch_maker, data_record, prepare
+from ..data.shards import Prefetcher, PretrainingBatches, Shards, TokenWindows, data_record, prepare
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
@@ -164,13 +164,16 @@ class Trainer:
             self.loss_sum.fill_(window["loss_sum"])
             self.window_steps = window["steps"]
 
-        self.objective = make_objective(config, self.shards.tokenizer)
-        o = self.objective
-        self.train_windows = TokenWindows(self.shards.tokens("train"), o.window, o.stride, t.seed, "train")
-        self.val_windows = TokenWindows(self.shards.tokens("val"), o.window, o.stride, t.seed + 1, "val")
+        objective = make_objective(config, self.shards.tokenizer)
+        windows = {
+            split: TokenWindows(self.shards.tokens(split), objective.window, objective.stride, seed, split)
+            for split, seed in (("train", t.seed), ("val", t.seed + 1))
+        }
+        self.train_batches = PretrainingBatches(objective, windows["train"], t.seed)
+        self.val_batches = PretrainingBatches(objective, windows["val"], t.seed + 1)
         self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
         self.forward = torch.compile(self.model) if t.compile else self.model
-        self.tokens_per_step = t.batch_size * t.grad_accum * o.tokens_per_example
+        self.tokens_per_step = t.batch_size * t.grad_accum * self.train_batches.tokens_per_example
         n_params = count_params(self.model, embeddings=False)
         self.flops_per_step = flops_per_token(config.model, n_params, config.objective.seq_len) * self.tokens_per_step
         self.peak = peak_flops(self.device, self.dtype)
@@ -234,7 +237,7 @@ class Trainer:
             write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         except OSError as e:
             raise CheckpointError(f"cannot write the run folder '{self.run_dir}' ({e.strerror})") from None
-        batches = Prefetcher(batch_maker(self.objective, self.train_windows, t.seed), self.sample, t.batch_size)
+        batches = Prefetcher(self.train_batches.make, self.sample, t.batch_size)
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
         self.metrics = MetricsLog(self.run_dir, keep_until_step=self.step if self.resumed_from else None)
         self.window_start = time.perf_counter()
@@ -323,8 +326,7 @@ class Trainer:
         """The model's validation numbers (`eval_sums`) over the same `eval.batches` batches every time (fewer if
         the validation split is small), logged as val_* with val_ppl."""
         self._stop_if_diverged()
-        make = batch_maker(self.objective, self.val_windows, self.config.train.seed + 1)
-        n_examples = self.val_windows.per_epoch
+        make, n_examples = self.val_batches.make, self.val_batches.per_epoch
         size = min(self.config.train.batch_size, n_examples)
         totals: dict[str, list] = {}
         self.model.eval()

@@ -54,6 +54,8 @@ class ModelConfig:
     type_vocab_size: int = 0  # encoder: segment (token type) embeddings; BERT uses 2
     nsp_head: bool = False  # encoder: next-sentence prediction head on the pooled <cls>
     decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
+    head: str = "lm"  # lm (pretraining) | sequence | token | span: a fine-tuning head instead (model/heads.py)
+    n_labels: int = 0  # sequence and token heads: the number of classes (1: a regression)
     dropout: float = 0.0
     init_std: float = 0.02
 
@@ -96,6 +98,16 @@ class ModelConfig:
                 f"model.arch={self.arch} takes model.positions={' or '.join(positions[self.arch])}, not "
                 f"{self.positions} (it would train without that position signal)"
             )
+        heads = {"decoder": ("lm", "sequence"), "encoder": _MODEL_CHOICES["head"], "encoder_decoder": ("lm",)}
+        if self.head not in heads[self.arch]:
+            raise ConfigError(
+                f"model.arch={self.arch} takes model.head={' or '.join(heads[self.arch])}, not {self.head}"
+                + (" (a T5 answers every task as text, with its LM head)" if self.arch == "encoder_decoder" else "")
+            )
+        if self.head in ("sequence", "token") and self.n_labels < 1:
+            raise ConfigError(f"model.head={self.head} needs model.n_labels (classes; 1 for a regression)")
+        if self.head in ("lm", "span") and self.n_labels:
+            raise ConfigError(f"model.n_labels is for model.head=sequence or token, not {self.head}")
         if self.n_decoder_layer is not None and self.arch != "encoder_decoder":
             raise ConfigError(f"model.n_decoder_layer is for model.arch=encoder_decoder; a {self.arch} has n_layer")
         if self.head_dim is None and self.d_model % self.n_head:
@@ -204,6 +216,7 @@ _MODEL_CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "norm_position": ("pre", "post"),
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
+    "head": ("lm", "sequence", "token", "span"),
 }
 _CHOICES = {("objective", "name"): ("causal_lm", "mlm", "span_corruption"), ("train", "precision"): ("fp32", "bf16")}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -12,6 +12,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import DataError
 from .blocks import Block, KVCache, Rotary, init_weights, norm
+from .heads import TaskHead, last_real_token
 from .ops import linear_cross_entropy
 
 
@@ -25,9 +26,12 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
         self.norm_f = norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.head == "lm":
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        else:
+            self.head = TaskHead(config)
         init_weights(self, config)
-        if config.tie_embeddings:
+        if config.head == "lm" and config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
     def forward(
@@ -35,10 +39,14 @@ class Decoder(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
+        padding_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, None): logits (batch, time, vocab) for `input_ids`; with `cache`, they continue the
         cached positions. With `targets`: (None, mean cross-entropy), targets of -100 ignored; the logits
-        are then never materialised whole (see `linear_cross_entropy`)."""
+        are then never materialised whole (see `linear_cross_entropy`). With a sequence head: (logits, loss or
+        None) from the last real token (`padding_mask` True on real tokens; padding on the right, which causal
+        attention keeps out of every real position)."""
         start = cache[0].length if cache else 0
         t = input_ids.shape[1]
         if start + t > self.config.max_seq_len:
@@ -53,6 +61,8 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, self.rotary, cache[i] if cache else None)
         x = self.norm_f(x)
+        if self.config.head == "sequence":
+            return self.head(last_real_token(x, padding_mask), labels=labels)
         if targets is not None:
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(x), None
@@ -62,8 +72,12 @@ class Decoder(nn.Module):
 
     @torch.no_grad()
     def eval_sums(self, **batch) -> dict:
-        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss."""
-        return {"loss": (self(**batch)[1], 1)}
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss (and
+        with a sequence head, how many it classifies right)."""
+        logits, loss = self(**batch)
+        if self.config.head == "sequence":
+            return self.head.eval_sums(logits, loss, labels=batch["labels"])
+        return {"loss": (loss, 1)}
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from .blocks import Block, activate, init_weights, norm
+from .heads import TaskHead
 from .ops import linear_cross_entropy
 
 
@@ -28,15 +29,18 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
         # pre-LN leaves the residual stream un-normalised; post-LN's last block already ends in a norm
         self.norm_f = norm(config) if config.norm_position == "pre" else nn.Identity()
-        # MLM head: transform (dense, activation, norm), then the word embeddings transposed plus a bias
-        self.mlm_dense = nn.Linear(config.d_model, config.d_model)
-        self.mlm_norm = norm(config)
-        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.mlm_decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.pooler = nn.Linear(config.d_model, config.d_model)
-        self.nsp = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        self.pooler = nn.Linear(config.d_model, config.d_model) if config.head in ("lm", "sequence") else None
+        if config.head == "lm":
+            # MLM head: transform (dense, activation, norm), then the word embeddings transposed plus a bias
+            self.mlm_dense = nn.Linear(config.d_model, config.d_model)
+            self.mlm_norm = norm(config)
+            self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+            self.mlm_decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.nsp = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        else:
+            self.head = TaskHead(config)
         init_weights(self, config)
-        if config.tie_embeddings:
+        if config.head == "lm" and config.tie_embeddings:
             self.mlm_decoder.weight = self.tok_emb.weight
 
     def encode(self, input_ids, token_type_ids=None, padding_mask=None) -> torch.Tensor:
@@ -70,10 +74,14 @@ class Encoder(nn.Module):
             raise ConfigError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
         return F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
 
-    def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None):
+    def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None, **labels):
         """(MLM logits, None), or with `targets` (-100 where not masked): (None, MLM loss), where the head
-        runs on the masked positions only; with `nsp_labels` too, the NSP loss is added."""
+        runs on the masked positions only; with `nsp_labels` too, the NSP loss is added. With a task head:
+        (logits, loss or None), `labels` being `labels` or `start_positions` and `end_positions` (TaskHead)."""
         hidden = self.encode(input_ids, token_type_ids, padding_mask)
+        if self.config.head != "lm":
+            features = self.pooled(hidden) if self.config.head == "sequence" else hidden
+            return self.head(features, padding_mask, **labels)
         if targets is None:
             return self.mlm_logits(hidden), None
         chosen = targets != -100
@@ -84,9 +92,12 @@ class Encoder(nn.Module):
         return None, loss
 
     @torch.no_grad()
-    def eval_sums(self, input_ids, targets, token_type_ids=None, padding_mask=None, nsp_labels=None):
+    def eval_sums(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None, **labels):
         """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss, how
         many masked tokens the MLM head predicts right and, with `nsp_labels`, how many pairs the NSP head does."""
+        if self.config.head != "lm":
+            logits, loss = self(input_ids, token_type_ids=token_type_ids, padding_mask=padding_mask, **labels)
+            return self.head.eval_sums(logits, loss, **labels)
         hidden = self.encode(input_ids, token_type_ids, padding_mask)
         chosen = targets != -100
         logits = self.mlm_logits(hidden[chosen]).float()

@@ -103,4 +103,4 @@ def test_pretrained_weights_load_into_a_headed_model():
 )
 def test_heads_that_do_not_fit_are_refused(fields, message):
     with pytest.raises(ConfigError, match=message):
-        ModelConfig(**{**SMALL, **fields}).resolved()
+        build_model(ModelConfig(**{**SMALL, **fields}))

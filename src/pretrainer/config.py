@@ -55,7 +55,7 @@ class ModelConfig:
     nsp_head: bool = False  # encoder: next-sentence prediction head on the pooled <cls>
     decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
     head: str = "lm"  # lm (pretraining) | sequence | token | span: a fine-tuning head instead (model/heads.py)
-    n_labels: int = 0  # sequence and token heads: the number of classes (1: a regression)
+    n_labels: int = 0  # sequence and token heads: the number of classes (1: a regression); 0: the task's
     dropout: float = 0.0
     init_std: float = 0.02
 
@@ -104,8 +104,6 @@ class ModelConfig:
                 f"model.arch={self.arch} takes model.head={' or '.join(heads[self.arch])}, not {self.head}"
                 + (" (a T5 answers every task as text, with its LM head)" if self.arch == "encoder_decoder" else "")
             )
-        if self.head in ("sequence", "token") and self.n_labels < 1:
-            raise ConfigError(f"model.head={self.head} needs model.n_labels (classes; 1 for a regression)")
         if self.head in ("lm", "span") and self.n_labels:
             raise ConfigError(f"model.n_labels is for model.head=sequence or token, not {self.head}")
         if self.n_decoder_layer is not None and self.arch != "encoder_decoder":
@@ -201,6 +199,16 @@ class TaskConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    source: str | None = None  # the pretrained model (`--from`): a run or checkpoint folder, a transformers folder,
+    # a .gguf file, or a built-in (minilm, smollm2); None: from scratch, with the tokenizer of the data section
+    freeze_body: bool = False  # train the task head only
+    body_lr: float | None = None  # None: train.lr everywhere; else the body's (the head keeps train.lr)
+    metric: str = "val_loss"  # the validation number that picks checkpoints/best: val_loss, or val_accuracy, ...
+    patience: int = 0  # > 0: stop after this many evaluations without a better metric
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,6 +216,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 _MODEL_CHOICES = {
@@ -218,7 +227,20 @@ _MODEL_CHOICES = {
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
     "head": ("lm", "sequence", "token", "span"),
 }
-_CHOICES = {("objective", "name"): ("causal_lm", "mlm", "span_corruption"), ("train", "precision"): ("fp32", "bf16")}
+_CHOICES = {
+    ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
+    ("task", "kind"): ("classification", "pair", "regression", "tagging", "qa", "text2text"),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+# the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text
+HEAD_OF_TASK = {
+    "classification": "sequence",
+    "pair": "sequence",
+    "regression": "sequence",
+    "tagging": "token",
+    "qa": "span",
+    "text2text": "lm",
+}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 OBJECTIVE_OF_ARCH = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
 
@@ -320,8 +342,10 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
     m, o, t = config.model, config.objective, config.train
-    wanted = OBJECTIVE_OF_ARCH[m.arch]
-    if o.name != wanted:
+    if o.name == "task":
+        _check_task(config)
+    elif o.name != OBJECTIVE_OF_ARCH[m.arch]:
+        wanted = OBJECTIVE_OF_ARCH[m.arch]
         raise ConfigError(
             f"model.arch={m.arch} trains with objective.name={wanted}, not {o.name}; "
             f"set objective.name={wanted} or pick the model that goes with {o.name}"
@@ -357,6 +381,32 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key} must be in [0, 1) (got {getattr(t, key)}); 0.9 and 0.95 are usual")
     if not DEVICES.fullmatch(t.device):
         raise ConfigError(f"train.device='{t.device}' is not one of auto, cpu, cuda, cuda:N")
+
+
+def _check_task(config: Config) -> None:
+    """A fine-tuning run: the task's settings, and the head it puts on the model (model.head follows the task)."""
+    task, m = config.task, config.model
+    _check_positive("task.max_len", task.max_len)
+    _check_positive("task.max_target_len", task.max_target_len)
+    if task.name is None and task.train is None:
+        raise ConfigError(
+            "objective.name=task needs a task: task.name (tweets-sentiment, code-docstrings) or task.train"
+        )
+    head = "lm" if m.arch == "encoder_decoder" else HEAD_OF_TASK[task.kind]
+    if m.arch == "decoder" and head not in ("lm", "sequence") or head == "lm" and m.arch != "encoder_decoder":
+        raise ConfigError(
+            f"task.kind={task.kind} needs "
+            + ("an encoder (model.arch=encoder)" if head in ("token", "span") else "an encoder-decoder (T5)")
+            + f", not model.arch={m.arch}"
+        )
+    if m.head != head:
+        config.model = dataclasses.replace(m, head=head, n_labels=m.n_labels if head in ("sequence", "token") else 0)
+    if config.finetune.body_lr is not None and not config.finetune.body_lr >= 0:
+        raise ConfigError(f"finetune.body_lr must be 0 or more (got {config.finetune.body_lr})")
+    if config.finetune.patience < 0:
+        raise ConfigError(f"finetune.patience must be 0 (never stop early) or more (got {config.finetune.patience})")
+    if not config.finetune.metric.startswith("val_"):
+        raise ConfigError(f"finetune.metric={config.finetune.metric!r} is not a validation number (val_loss, ...)")
 
 
 def to_yaml(config: Config) -> str:

@@ -12,4 +12,6 @@ def build_model(config):
     """The model a ModelConfig describes."""
     if config.vocab_size is None:
         raise ConfigError("model.vocab_size must be set before building a model (the trainer sets it)")
+    if config.head in ("sequence", "token") and config.n_labels < 1:
+        raise ConfigError(f"model.head={config.head} needs model.n_labels (classes; 1 for a regression)")
     return ARCHITECTURES[config.arch](config)

@@ -40,19 +40,35 @@ def resolve_source(src: str) -> Path:
     return Path(src)
 
 
-def is_ours(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "checkpoints" / "latest").is_file()
-
-
-def convert(src: str, dst: str | Path) -> tuple[Path, list[str]]:
-    """Convert SRC into DST (which must not exist); returns DST and notes on what the source lacked."""
-    source, out = resolve_source(src), Path(dst)
-    _check_destination(out)
+def _existing(src: str) -> Path:
+    source = resolve_source(src)
     if not source.exists():
         raise ConversionError(
             f"'{src}' does not exist; give a run or checkpoint folder, a transformers folder, a .gguf file or a "
             f"built-in checkpoint ({', '.join(BUILTIN)})"
         )
+    return source
+
+
+def is_ours(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "checkpoints" / "latest").is_file()
+
+
+def load_any(src: str):
+    """(model, tokenizer or None, notes) to start from: one of ours (a run or checkpoint folder), a transformers
+    folder, a GGUF file, or a built-in checkpoint by name."""
+    source = _existing(src)
+    if is_ours(source):
+        model, tokenizer, _ = checkpoint.load(source)
+        return model, tokenizer, []
+    return import_hf(source)
+
+
+def convert(src: str, dst: str | Path) -> tuple[Path, list[str]]:
+    """Convert SRC into DST (which must not exist); returns DST and notes on what the source lacked."""
+    out = Path(dst)
+    _check_destination(out)
+    source = _existing(src)
     if is_ours(source):
         model, tokenizer, _ = checkpoint.load(source)
         return export_hf(model, tokenizer, out), []

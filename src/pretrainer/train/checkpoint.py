@@ -71,21 +71,35 @@ def save(run_dir: Path, step: int, model, config: Config, tokenizer: Tokenizer, 
     (never the one `latest` names). A failed write leaves no trace and says which checkpoint is still good."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step}"
+    _write(run_dir, step, final, model, config, tokenizer, state)
+    for old in steps(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def save_best(run_dir: Path, step: int, model, config: Config, tokenizer: Tokenizer) -> Path:
+    """Write (or replace) checkpoints/best: the model at the run's best evaluation, for `eval` and `predict`."""
+    best = Path(run_dir) / "checkpoints" / "best"
+    _write(run_dir, step, best, model, config, tokenizer, None)
+    return best
+
+
+def _write(run_dir: Path, step: int, final: Path, model, config, tokenizer, state: dict | None) -> None:
+    root = final.parent
     try:
         with atomic_dir(final, replace=True) as tmp:
             write_model(tmp, model, config, tokenizer)
-            torch.save(state, tmp / "trainer_state.pt")
+            if state is not None:
+                torch.save(state, tmp / "trainer_state.pt")
             seal(tmp)
-        write_atomic(root / "latest", final.name + "\n")
+        if state is not None:
+            write_atomic(root / "latest", final.name + "\n")
     except OSError as e:
         good = latest(run_dir, warn=False)
         last = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before"
         if e.errno == errno.ENOSPC:
             raise CheckpointError(f"no space left on device while saving step {step}; {last}") from None
         raise CheckpointError(f"could not write checkpoint step {step} in '{root}' ({e.strerror}); {last}") from None
-    for old in steps(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
-    return final
 
 
 def _step_of(path: Path) -> int | None:

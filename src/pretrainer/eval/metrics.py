@@ -1,10 +1,21 @@
-"""Evaluation numbers: perplexity and the baselines a language model must beat."""
+"""Evaluation numbers: perplexity and the baselines a language model must beat, and the task metrics of
+fine-tuning.
+
+Units, as each field reports them: accuracy and F1 of classes or tags are fractions in [0, 1] (as scikit-learn
+and seqeval give them); correlations lie in [-1, 1]. The arguments are always (references, predictions), one
+of each per example; no examples, or a different number of each, is a `DataError`.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..files import atomic_file
 
 
 def perplexity(loss: float) -> float:
@@ -17,3 +28,84 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
     counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
     return float(-log_p[np.asarray(val_tokens)].mean())
+
+
+def _check_pair(refs: Sequence, preds: Sequence) -> None:
+    if len(refs) != len(preds):
+        raise DataError(f"{len(refs)} references but {len(preds)} predictions; give one prediction per example")
+    if len(refs) == 0:
+        raise DataError("no examples to score")
+
+
+# ---------------------------------------------------------------------------------------------- classification
+
+
+def _labels(values: Sequence[int], n_labels: int, what: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(
+            f"{what} must be class ids (integers), one per example (got {array.dtype} of shape {array.shape})"
+        )
+    bad = array[(array < 0) | (array >= n_labels)]
+    if bad.size:
+        raise DataError(f"{what} hold class id {bad[0]}, outside 0..{n_labels - 1} for {n_labels} labels")
+    return array
+
+
+def confusion_matrix(refs: Sequence[int], preds: Sequence[int], n_labels: int) -> np.ndarray:
+    """Counts of examples of true class i (row) predicted as class j (column): an (n_labels, n_labels) int64
+    array."""
+    if n_labels < 1:
+        raise ConfigError(f"n_labels must be at least 1 (got {n_labels})")
+    _check_pair(refs, preds)
+    true, pred = _labels(refs, n_labels, "references"), _labels(preds, n_labels, "predictions")
+    return np.bincount(true * n_labels + pred, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+
+
+def accuracy(refs: Sequence[int], preds: Sequence[int]) -> float:
+    """The fraction of examples whose prediction equals the reference."""
+    _check_pair(refs, preds)
+    return float(np.mean(np.asarray(refs) == np.asarray(preds)))
+
+
+def macro_f1(refs: Sequence[int], preds: Sequence[int], n_labels: int) -> float:
+    """Per-class F1 = 2·TP / (2·TP + FP + FN), averaged with equal weight over the classes that occur in `refs`
+    or `preds` (a fraction). A class that never occurs has no F1 and is left out, as in scikit-learn's
+    `f1_score(average="macro")`; a class only predicted, or only true, counts as 0."""
+    matrix = confusion_matrix(refs, preds, n_labels)
+    tp = np.diag(matrix)
+    true, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    present = (true + predicted) > 0
+    return float(np.mean(2 * tp[present] / (true + predicted)[present]))
+
+
+def plot_confusion(matrix: np.ndarray, label_names: Sequence[str], path: str | Path) -> Path:
+    """A PNG of a confusion matrix (rows true, columns predicted): each cell shows its count and is coloured by
+    its share of its row (the fraction of that true class predicted as each class), so small classes show too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    n = len(label_names)
+    if matrix.shape != (n, n):
+        raise DataError(f"a confusion matrix of shape {matrix.shape} does not fit {n} label names")
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = matrix / np.maximum(rows, 1)
+    side = max(4.0, 1.5 + 0.6 * n)
+    fig, ax = plt.subplots(figsize=(side + 0.5, side))
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), label_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,77 @@
+"""Task metrics, each checked against an independent computation: the reference library on the same inputs
+(scikit-learn, scipy, seqeval, rouge-score) where we wrap it, or values worked out by hand in the comments."""
+
+import numpy as np
+import pytest
+import sklearn.metrics
+
+from pretrainer.errors import ConfigError, DataError
+from pretrainer.eval import metrics
+
+# ---------------------------------------------------------------------------------------------- classification
+
+
+def test_accuracy_and_confusion_matrix_by_hand():
+    refs, preds = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 2]
+    assert metrics.accuracy(refs, preds) == pytest.approx(4 / 6)
+    expected = [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # rows true, columns predicted
+    assert metrics.confusion_matrix(refs, preds, 3).tolist() == expected
+
+
+def test_macro_f1_by_hand():
+    # class 0: TP 1, FP 1, FN 1 -> 2/4; class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: TP 1, FP 0, FN 1 -> 2/3
+    refs, preds = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 2]
+    assert metrics.macro_f1(refs, preds, 3) == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    # class 3 never occurs and is left out; class 2 is only predicted and counts as 0
+    assert metrics.macro_f1([0, 1, 1], [0, 1, 2], 4) == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
+def test_classification_matches_sklearn():
+    rng = np.random.default_rng(0)
+    for n_labels in (2, 3, 5):
+        refs = rng.integers(0, n_labels - 1, size=200)  # the last class never true: only predicted
+        preds = np.where(rng.random(200) < 0.6, refs, rng.integers(0, n_labels, size=200))
+        assert metrics.accuracy(refs, preds) == pytest.approx(sklearn.metrics.accuracy_score(refs, preds))
+        assert metrics.macro_f1(refs, preds, n_labels) == pytest.approx(
+            sklearn.metrics.f1_score(refs, preds, average="macro", zero_division=0)
+        )
+        np.testing.assert_array_equal(
+            metrics.confusion_matrix(refs, preds, n_labels),
+            sklearn.metrics.confusion_matrix(refs, preds, labels=list(range(n_labels))),
+        )
+
+
+@pytest.mark.parametrize(
+    "refs, preds, n_labels, error, says",
+    [
+        ([], [], 2, DataError, "no examples"),
+        ([0, 1], [0], 2, DataError, "2 references but 1 predictions"),
+        ([0, 2], [0, 1], 2, DataError, "class id 2, outside 0..1"),
+        ([0, 1], [0, -1], 2, DataError, "class id -1"),
+        ([0.0, 1.0], [0, 1], 2, DataError, "must be class ids"),
+        ([0], [0], 0, ConfigError, "n_labels must be at least 1"),
+    ],
+)
+def test_classification_errors(refs, preds, n_labels, error, says):
+    with pytest.raises(error, match=says):
+        metrics.macro_f1(refs, preds, n_labels)
+
+
+def _dark_pixels(path):
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)[..., :3]
+    return int((image.sum(axis=-1) < 0.6).sum())  # the darkest blues (and black text)
+
+
+def test_plot_confusion_colours_by_row_share(tmp_path):
+    # Coloured by each row's share, a 1000-example class and a 1-example class, both always right, are equally
+    # dark; coloured by count, the small one would be near white.
+    even = metrics.plot_confusion(np.array([[1, 0], [0, 1]]), ["neg", "pos"], tmp_path / "even.png")
+    skewed = metrics.plot_confusion(np.array([[1000, 0], [0, 1]]), ["neg", "pos"], tmp_path / "skewed.png")
+    assert even.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _dark_pixels(even) > 1000
+    assert _dark_pixels(skewed) == pytest.approx(_dark_pixels(even), rel=0.05)
+    with pytest.raises(DataError, match="does not fit 3 label names"):
+        metrics.plot_confusion(np.eye(2, dtype=int), ["a", "b", "c"], tmp_path / "bad.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["even.png", "skewed.png"]

@@ -1,6 +1,8 @@
 """Task metrics, each checked against an independent computation: the reference library on the same inputs
 (scikit-learn, scipy, seqeval, rouge-score) where we wrap it, or values worked out by hand in the comments."""
 
+import warnings
+
 import numpy as np
 import pytest
 import sklearn.metrics
@@ -75,3 +77,47 @@ def test_plot_confusion_colours_by_row_share(tmp_path):
     with pytest.raises(DataError, match="does not fit 3 label names"):
         metrics.plot_confusion(np.eye(2, dtype=int), ["a", "b", "c"], tmp_path / "bad.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["even.png", "skewed.png"]
+
+
+# -------------------------------------------------------------------------------------------------- regression
+
+
+def test_correlations_by_hand():
+    # x = 1..5, y = 2 4 5 4 5: deviations -2 -1 0 1 2 and -2 0 1 0 1; sum of products 6, of squares 10 and 6
+    x, y = [1, 2, 3, 4, 5], [2, 4, 5, 4, 5]
+    assert metrics.pearson(x, y) == pytest.approx(6 / np.sqrt(10 * 6))
+    # ranks of y with ties averaged: 1 2.5 4.5 2.5 4.5, deviations -2 -0.5 1.5 -0.5 1.5: 7 / sqrt(10 * 9)
+    assert metrics.spearman(x, y) == pytest.approx(7 / np.sqrt(10 * 9))
+    # a monotone curve has rank correlation 1 but a linear one below 1; reversed order gives -1
+    cube = [v**3 for v in x]
+    assert metrics.spearman(x, cube) == pytest.approx(1.0)
+    assert metrics.pearson(x, cube) < 0.99
+    assert metrics.spearman(x, cube[::-1]) == pytest.approx(-1.0)
+
+
+def test_pearson_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=100)
+    y = 0.5 * x + rng.normal(size=100)
+    assert metrics.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+
+
+def test_correlation_of_a_constant_is_nan_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(metrics.pearson([1.0, 2.0, 3.0], [0.5, 0.5, 0.5]))
+        assert np.isnan(metrics.spearman([2, 2, 2], [1, 2, 3]))
+
+
+@pytest.mark.parametrize(
+    "x, y, says",
+    [
+        ([1.0], [2.0], "at least 2 examples"),
+        ([1.0, 2.0], [1.0, float("nan")], "NaN or infinity"),
+        ([1, 2], [1], "2 references but 1"),
+    ],
+)
+def test_correlation_errors(x, y, says):
+    for fn in (metrics.pearson, metrics.spearman):
+        with pytest.raises(DataError, match=says):
+            fn(x, y)

@@ -109,3 +109,34 @@ def plot_confusion(matrix: np.ndarray, label_names: Sequence[str], path: str | P
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+# -------------------------------------------------------------------------------------------------- regression
+
+
+def _pair_of_values(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """x and y as float arrays, checked; None when either is constant (no correlation is defined)."""
+    _check_pair(x, y)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2:
+        raise DataError("a correlation needs at least 2 examples")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise DataError("the values to correlate hold NaN or infinity")
+    return None if np.ptp(x) == 0 or np.ptp(y) == 0 else (x, y)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's linear correlation, in [-1, 1]. NaN when x or y is constant (it has no correlation with
+    anything): a model whose predictions collapsed to one value is reported, not an error."""
+    from scipy.stats import pearsonr
+
+    pair = _pair_of_values(x, y)
+    return math.nan if pair is None else float(pearsonr(*pair).statistic)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank), in [-1, 1]. NaN when x or y is constant."""
+    from scipy.stats import spearmanr
+
+    pair = _pair_of_values(x, y)
+    return math.nan if pair is None else float(spearmanr(*pair).statistic)

@@ -121,3 +121,31 @@ def test_correlation_errors(x, y, says):
     for fn in (metrics.pearson, metrics.spearman):
         with pytest.raises(DataError, match=says):
             fn(x, y)
+
+
+# ----------------------------------------------------------------------------------------------------- tagging
+
+
+def test_tag_f1_seqeval_documented_example():
+    # seqeval's README: the MISC span is predicted one token early, PER is right: 1 of 2 either way
+    refs = [["O", "O", "O", "B-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    preds = [["O", "O", "B-MISC", "I-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    assert metrics.tag_f1(refs, preds) == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
+
+
+def test_tag_f1_by_hand():
+    # true entities: PER(0-1), LOC(3), ORG(5-6), PER(0)      -> 4
+    # predicted:     PER(0-1) right, LOC(3) typed ORG wrong, ORG(5) cut short wrong, PER(0) right,
+    #                LOC(2) spurious; "O I-LOC" reads as an entity starting at the I- (conlleval)  -> 5
+    refs = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "I-ORG"], ["B-PER", "O", "O"]]
+    preds = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-ORG", "O"], ["B-PER", "O", "I-LOC"]]
+    p, r = 2 / 5, 2 / 4
+    assert metrics.tag_f1(refs, preds) == pytest.approx({"precision": p, "recall": r, "f1": 2 * p * r / (p + r)})
+    assert metrics.tag_f1([["O", "O"]], [["O", "O"]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_tag_f1_errors():
+    with pytest.raises(DataError, match="example 1 has 2 reference tags but 1 predicted"):
+        metrics.tag_f1([["O"], ["B-PER", "O"]], [["O"], ["B-PER"]])
+    with pytest.raises(DataError, match="1 references but 2 predictions"):
+        metrics.tag_f1([["O"]], [["O"], ["O"]])

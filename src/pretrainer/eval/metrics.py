@@ -140,3 +140,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
     pair = _pair_of_values(x, y)
     return math.nan if pair is None else float(spearmanr(*pair).statistic)
+
+
+# ----------------------------------------------------------------------------------------------------- tagging
+
+
+def tag_f1(ref_tag_seqs: Sequence[Sequence[str]], pred_tag_seqs: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (fractions) over BIO tag sequences, counted over all entities of
+    all examples (micro average), with seqeval's default, conlleval-compatible reading: an entity is right only
+    when its type and both ends are; an I- tag that does not continue an entity of its type starts one. With no
+    entity predicted (or none true) precision (recall) is 0."""
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
+
+    _check_pair(ref_tag_seqs, pred_tag_seqs)
+    for i, (ref, pred) in enumerate(zip(ref_tag_seqs, pred_tag_seqs, strict=True)):
+        if len(ref) != len(pred):
+            raise DataError(f"example {i} has {len(ref)} reference tags but {len(pred)} predicted; give one per token")
+    refs, preds = [list(tags) for tags in ref_tag_seqs], [list(tags) for tags in pred_tag_seqs]
+    precision, recall, f1, _ = precision_recall_fscore_support(refs, preds, average="micro", zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}

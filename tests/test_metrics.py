@@ -149,3 +149,40 @@ def test_tag_f1_errors():
         metrics.tag_f1([["O"], ["B-PER", "O"]], [["O"], ["B-PER"]])
     with pytest.raises(DataError, match="1 references but 2 predictions"):
         metrics.tag_f1([["O"]], [["O"], ["O"]])
+
+
+# --------------------------------------------------------------------------------------------- extractive QA
+
+
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("The  Cat's   hat!", "cats hat"),  # lower, punctuation out (the apostrophe too), article out, spaces
+        ("An apple, a day.", "apple day"),
+        ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
+        ("  Denver\tBroncos\n", "denver broncos"),
+        ("the", ""),
+    ],
+)
+def test_normalize_answer_as_squad(text, normal):
+    assert metrics.normalize_answer(text) == normal
+
+
+def test_exact_match_and_f1_by_hand():
+    refs = [
+        ["Denver Broncos", "The Denver Broncos!"],  # pred "Broncos": EM 0; F1 P 1, R 1/2 -> 2/3
+        "a red car parked",  # pred [big red car] vs [red car parked]: 2 common, P = R = 2/3 -> 2/3
+        ["Saint Bernadette", "the Virgin Mary"],  # pred matches the second after normalising: EM 1, F1 1
+        "cat",  # pred [cat cat cat]: common 1 (counts clip), P 1/3, R 1 -> 1/2
+        "the",  # pred "a": both normalise to nothing: EM 1, F1 0 (SQuAD v1.1)
+    ]
+    preds = ["Broncos", "the big red car", "Virgin Mary.", "the cat, cat, cat", "a"]
+    assert metrics.exact_match(refs, preds) == pytest.approx(100 * 2 / 5)
+    assert metrics.token_f1(refs, preds) == pytest.approx(100 * (2 / 3 + 2 / 3 + 1 + 1 / 2 + 0) / 5)
+
+
+def test_qa_errors():
+    with pytest.raises(DataError, match="example 1 has no reference answer"):
+        metrics.exact_match(["x", []], ["x", "y"])
+    with pytest.raises(DataError, match="no examples"):
+        metrics.token_f1([], [])

@@ -9,6 +9,9 @@ of each per example; no examples, or a different number of each, is a `DataError
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,3 +162,50 @@ def tag_f1(ref_tag_seqs: Sequence[Sequence[str]], pred_tag_seqs: Sequence[Sequen
     refs, preds = [list(tags) for tags in ref_tag_seqs], [list(tags) for tags in pred_tag_seqs]
     precision, recall, f1, _ = precision_recall_fscore_support(refs, preds, average="micro", zero_division=0)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+# --------------------------------------------------------------------------------------------- extractive QA
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's normalisation: lower case, drop punctuation, the articles a/an/the and extra whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _answer_f1(ref: str, pred: str) -> float:
+    ref_tokens, pred_tokens = normalize_answer(ref).split(), normalize_answer(pred).split()
+    same = sum((Counter(ref_tokens) & Counter(pred_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _answers(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> list[tuple[list[str], str]]:
+    _check_pair(refs, preds)
+    pairs = [([ref] if isinstance(ref, str) else list(ref), pred) for ref, pred in zip(refs, preds, strict=True)]
+    for i, (answers, _) in enumerate(pairs):
+        if not answers:
+            raise DataError(f"example {i} has no reference answer")
+    return pairs
+
+
+def exact_match(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> float:
+    """SQuAD v1.1 exact match ×100 (0..100): the share of examples whose normalised prediction equals one of
+    its reference answers (each reference a string or a list of acceptable answers)."""
+    pairs = _answers(refs, preds)
+    hits = [max(normalize_answer(a) == normalize_answer(pred) for a in answers) for answers, pred in pairs]
+    return 100.0 * sum(hits) / len(hits)
+
+
+def token_f1(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> float:
+    """SQuAD v1.1 token F1 ×100 (0..100): per example the best, over its reference answers, F1 of the bags of
+    normalised words; averaged over examples. As in v1.1 (not v2.0), an answer that normalises to nothing
+    ("the") scores F1 0 even against an empty reference, though exact match counts it."""
+    pairs = _answers(refs, preds)
+    return 100.0 * sum(max(_answer_f1(a, pred) for a in answers) for answers, pred in pairs) / len(pairs)

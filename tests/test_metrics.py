@@ -186,3 +186,32 @@ def test_qa_errors():
         metrics.exact_match(["x", []], ["x", "y"])
     with pytest.raises(DataError, match="no examples"):
         metrics.token_f1([], [])
+
+
+# ------------------------------------------------------------------------------------------------ text-to-text
+
+
+def test_rouge_by_hand():
+    # [the cat sat on the mat] vs [the cat lay on the mat]: unigrams in common 5 of 6 each way; bigrams 3 of 5
+    # (the cat, on the, the mat); longest common subsequence "the cat on the mat", 5 of 6
+    scores = metrics.rouge(["The cat sat on the mat."], ["the cat lay on the mat"])
+    assert scores == pytest.approx({"rouge1": 100 * 5 / 6, "rouge2": 100 * 3 / 5, "rougeL": 100 * 5 / 6})
+    # stemming: "running dogs" and "runs dog" stem alike; averaged with an example that shares nothing
+    scores = metrics.rouge(["running dogs", "alpha beta"], ["runs dog", "gamma"])
+    assert scores == pytest.approx({"rouge1": 50.0, "rouge2": 50.0, "rougeL": 50.0})
+
+
+def test_rouge_matches_rouge_score():
+    from rouge_score.rouge_scorer import RougeScorer
+
+    refs = ["return the first line of the docstring", "open a file and read it", "the quick brown fox jumps"]
+    preds = ["return first docstring line", "read the file that is opened", "a quick brown dog jumped over"]
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    expected = {
+        key: 100 * np.mean([scorer.score(r, p)[key].fmeasure for r, p in zip(refs, preds, strict=True)])
+        for key in ("rouge1", "rouge2", "rougeL")
+    }
+    assert metrics.rouge(refs, preds) == pytest.approx(expected)
+    # several references: the best one per measure
+    best = metrics.rouge([["gamma delta", "the cat sat"]], ["the cat sat"])
+    assert best == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})

@@ -209,3 +209,24 @@ def token_f1(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> float
     ("the") scores F1 0 even against an empty reference, though exact match counts it."""
     pairs = _answers(refs, preds)
     return 100.0 * sum(max(_answer_f1(a, pred) for a in answers) for answers, pred in pairs) / len(pairs)
+
+
+# ------------------------------------------------------------------------------------------------ text-to-text
+
+
+def rouge(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures ×100 (0..100), averaged over examples, from rouge-score with
+    Porter stemming (its tokenizer lower-cases and keeps only letters and digits). A reference may be a list of
+    acceptable targets; the best-scoring one counts, per measure. ROUGE-L is over the whole text (not
+    `rougeLsum`'s per-line summary form)."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    _check_pair(refs, preds)
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = RougeScorer(list(keys), use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
+    for ref, pred in zip(refs, preds, strict=True):
+        scores = scorer.score(ref, pred) if isinstance(ref, str) else scorer.score_multi(list(ref), pred)
+        for key in keys:
+            totals[key] += scores[key].fmeasure
+    return {key: 100.0 * total / len(refs) for key, total in totals.items()}

@@ -215,3 +215,41 @@ def test_rouge_matches_rouge_score():
     # several references: the best one per measure
     best = metrics.rouge([["gamma delta", "the cat sat"]], ["the cat sat"])
     assert best == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+
+
+# ------------------------------------------------------------------------------------------------ by task kind
+
+
+def test_task_scores_by_kind():
+    # each kind gives its functions' numbers under its names (those are checked against references above)
+    cls_refs, cls_preds = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 2]
+    expected = {"accuracy": 4 / 6, "macro_f1": (1 / 2 + 4 / 5 + 2 / 3) / 3}
+    for kind in ("classification", "pair"):
+        assert metrics.task_scores(kind, cls_refs, cls_preds, n_labels=3) == pytest.approx(expected)
+    x, y = [1, 2, 3, 4, 5], [2, 4, 5, 4, 5]
+    assert metrics.task_scores("regression", x, y) == pytest.approx(
+        {"pearson": 6 / np.sqrt(60), "spearman": 7 / np.sqrt(90)}
+    )
+    tags = metrics.task_scores("tagging", [["B-PER", "I-PER", "B-LOC"]], [["B-PER", "I-PER", "O"]])
+    assert tags == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3})
+    qa = metrics.task_scores("qa", [["Denver Broncos", "Broncos"], "red car"], ["the Broncos", "big red car"])
+    assert qa == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 0.8) / 2})  # P 2/3, R 1 -> 0.8
+    t2t = metrics.task_scores("text2text", ["The cat sat on the mat."], ["the cat lay on the mat"])
+    assert t2t == pytest.approx({"rouge1": 100 * 5 / 6, "rouge2": 60.0, "rougeL": 100 * 5 / 6})
+
+
+@pytest.mark.parametrize(
+    "kind, refs, preds, error, says",
+    [
+        ("summarization", ["a"], ["a"], ConfigError, "unknown task kind 'summarization'; expected one of"),
+        ("classification", [0, 1], [0, 1], ConfigError, "classification scores need n_labels"),
+        ("qa", [], [], DataError, "no examples to score"),
+        ("text2text", ["a", "b"], ["a"], DataError, "2 references but 1 predictions"),
+        ("regression", [1.0, 2.0], [1.0, 2.0, 3.0], DataError, "2 references but 3 predictions"),
+        ("tagging", [], [], DataError, "no examples to score"),
+    ],
+)
+def test_task_scores_errors(kind, refs, preds, error, says):
+    with pytest.raises(error, match=says) as info:
+        metrics.task_scores(kind, refs, preds)
+    assert "\n" not in str(info.value)

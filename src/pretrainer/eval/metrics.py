@@ -2,8 +2,9 @@
 fine-tuning.
 
 Units, as each field reports them: accuracy and F1 of classes or tags are fractions in [0, 1] (as scikit-learn
-and seqeval give them); correlations lie in [-1, 1]. The arguments are always (references, predictions), one
-of each per example; no examples, or a different number of each, is a `DataError`.
+and seqeval give them); correlations lie in [-1, 1]; SQuAD exact match and F1, and ROUGE, are ×100 (0..100), as
+SQuAD and summarisation papers report them. The arguments are always (references, predictions), one of each per
+example; no examples, or a different number of each, is a `DataError`. `task_scores` picks a task kind's set.
 """
 
 from __future__ import annotations
@@ -230,3 +231,35 @@ def rouge(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> dict[str
         for key in keys:
             totals[key] += scores[key].fmeasure
     return {key: 100.0 * total / len(refs) for key, total in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------------ by task kind
+
+TASK_KINDS = ("classification", "pair", "regression", "tagging", "qa", "text2text")
+
+
+def task_scores(kind: str, refs: Sequence, preds: Sequence, *, n_labels: int | None = None) -> dict[str, float]:
+    """The scores of one task kind (`task.kind`), by name:
+
+    | kind                   | refs, preds                              | scores                                  |
+    |------------------------|------------------------------------------|-----------------------------------------|
+    | classification, pair   | class ids (n_labels: how many classes)   | accuracy, macro_f1 (fractions)          |
+    | regression             | numbers                                  | pearson, spearman (-1..1; NaN: constant)|
+    | tagging                | BIO tag sequences, one tag per token     | precision, recall, f1 (fractions)       |
+    | qa                     | answer (or list of answers), answer      | exact_match, f1 (×100)                  |
+    | text2text              | target (or list of targets), output      | rouge1, rouge2, rougeL (×100)           |
+    """
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"unknown task kind '{kind}'; expected one of {', '.join(TASK_KINDS)}")
+    _check_pair(refs, preds)
+    if kind in ("classification", "pair"):
+        if n_labels is None:
+            raise ConfigError(f"{kind} scores need n_labels, the number of classes")
+        return {"accuracy": accuracy(refs, preds), "macro_f1": macro_f1(refs, preds, n_labels)}
+    if kind == "regression":
+        return {"pearson": pearson(refs, preds), "spearman": spearman(refs, preds)}
+    if kind == "tagging":
+        return tag_f1(refs, preds)
+    if kind == "qa":
+        return {"exact_match": exact_match(refs, preds), "f1": token_f1(refs, preds)}
+    return rouge(refs, preds)

@@ -182,7 +182,7 @@ def test_exact_match_and_f1_by_hand():
 
 
 def test_qa_errors():
-    with pytest.raises(DataError, match="example 1 has no reference answer"):
+    with pytest.raises(DataError, match="example 1 has no reference"):
         metrics.exact_match(["x", []], ["x", "y"])
     with pytest.raises(DataError, match="no examples"):
         metrics.token_f1([], [])
@@ -215,6 +215,8 @@ def test_rouge_matches_rouge_score():
     # several references: the best one per measure
     best = metrics.rouge([["gamma delta", "the cat sat"]], ["the cat sat"])
     assert best == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    with pytest.raises(DataError, match="example 0 has no reference"):
+        metrics.rouge([[]], ["the cat"])
 
 
 # ------------------------------------------------------------------------------------------------ by task kind

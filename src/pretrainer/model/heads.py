@@ -46,9 +46,11 @@ class TaskHead(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
 
     def eval_sums(self, logits, loss, labels=None, start_positions=None, end_positions=None) -> dict:
-        """Validation numbers as (sum, count) pairs: the loss, and how many predictions are right (classes, tags
-        of labelled tokens, or answer spans whose start and end are both right); a regression has its loss only."""
-        sums = {"loss": (loss, 1)}
+        """Validation numbers as (sum, count) pairs: the loss weighted by the batch's rows (batches may differ in
+        size), and how many predictions are right (classes, tags of labelled tokens, or answer spans whose start and
+        end are both right); a regression has its loss only."""
+        rows = len(logits)
+        sums = {"loss": (loss * rows, rows)}
         if self.kind == "span":
             right = (logits[..., 0].argmax(-1) == start_positions) & (logits[..., 1].argmax(-1) == end_positions)
             sums["accuracy"] = (right.sum(), len(right))

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..config import DEVICES, Config, to_yaml
+from ..config import DEVICES, Config, ModelConfig, to_yaml, validate
+from ..convert import load_any
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, PretrainingBatches, Shards, TokenWindows, data_record, prepare
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..data.tasks import class_counts, load_splits
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
 from ..model import build_model
@@ -37,7 +41,7 @@ class RunResult:
     run_dir: Path
     step: int
     val_loss: float | None
-    shards: Shards
+    shards: Shards | None  # a fine-tuning run has a task instead
     scores: dict  # the last evaluation's numbers
     already_finished: bool = False  # resumed a run that had already reached train.max_steps: nothing was done
 
@@ -97,19 +101,58 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def _check_resumable(saved: Config, config: Config) -> None:
+    """Refuse to resume under another config. A fine-tuning run's model comes from its source (and its task's
+    labels from the data), so for it the source is compared instead."""
+    if config.objective.name == "task":
+        sections = ["objective", "task", "finetune"] + (["model", "data"] if config.finetune.source is None else [])
+    else:
+        sections = ["model", "data", "objective"]
     differences = []
-    for section in ("model", "data", "objective"):
+    for section in sections:
         ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
         for key, value in theirs.items():
-            if key == "vocab_size" and section == "model" and ours[key] is None:
-                continue
-            if ours[key] != value:
+            unset_now = key in ("vocab_size", "n_labels", "labels") and not ours[key]  # filled in from the data
+            tuning = section == "finetune" and key != "source"  # these may change on resume, like train.*
+            if ours[key] != value and not unset_now and not tuning:
                 differences.append(f"{section}.{key} is {value!r} in the checkpoint but {ours[key]!r} now")
     if differences:
         raise CheckpointError(
             f"checkpoint does not match the config: {', '.join(differences)}; resume with the run's own "
             "config.yaml or start a new --run-dir"
         )
+
+
+def _set_vocab_size(model: ModelConfig, tokenizer_vocab: int) -> None:
+    """model.vocab_size: the tokenizer's, rounded up to a multiple of 64, unless set (and large enough)."""
+    if model.vocab_size is None:
+        model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
+    elif model.vocab_size < tokenizer_vocab:
+        raise ConfigError(
+            f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} tokens; raise it "
+            "or leave it unset"
+        )
+
+
+def _load_body(model: torch.nn.Module, pretrained: torch.nn.Module, source: str) -> None:
+    """Start `model` from `pretrained`'s weights: all but the task head, which stays fresh (the pretrained LM
+    head's weights are left over)."""
+    missing, _ = model.load_state_dict(pretrained.state_dict(), strict=False)
+    lacking = [key for key in missing if not key.startswith("head.")]
+    if lacking:
+        raise CheckpointError(f"'{source}' lacks {', '.join(lacking[:3])}: it is not the body of this model")
+
+
+def _split_summary(task, name: str, split, max_len: int) -> str:
+    """One line on a task split: its size, its classes, and what was cut or left out."""
+    counts = class_counts(task).get(name, {})
+    classes = f": {', '.join(f'{label} {n:,}' for label, n in counts.items())}" if counts else ""
+    cuts = [
+        (split.truncated, f"inputs cut to task.max_len={max_len} tokens"),
+        (split.truncated_targets, "targets cut to task.max_target_len"),
+        (split.skipped, "answers beyond the cut left out"),
+    ]
+    notes = "; ".join(f"{n:,} {what}" for n, what in cuts if n)
+    return f"{task.name} {name}: {split.per_epoch:,} examples{classes}" + (f" ({notes})" if notes else "")
 
 
 def _check_same_data(saved: dict, ckpt: Path, now: dict) -> None:
@@ -133,6 +176,22 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
     return Trainer(config, run_dir, resume).fit()
 
 
+def finetune(
+    config: Config, run_dir: str | Path = "runs/finetune", source: str | None = None, resume: bool = False
+) -> RunResult:
+    """Fine-tune on `config.task` (objective.name=task) through the same loop: from `source` (or
+    finetune.source) — one of our runs or checkpoints, a transformers folder, a GGUF file, a built-in name —
+    with a fresh task head, or from scratch. Writes checkpoints/best at the best validation metric."""
+    if config.objective.name != "task":
+        raise ConfigError(
+            f"finetune needs a task recipe (objective.name=task, task.name or task.train), not objective.name="
+            f"{config.objective.name}; use train to pretrain"
+        )
+    if source is not None:
+        config.finetune.source = source
+    return Trainer(config, run_dir, resume).fit()
+
+
 def _check_run_dir(run_dir: Path) -> None:
     """Refuse a run folder that cannot be made or written before any work is done."""
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
@@ -153,16 +212,23 @@ class Trainer:
         self.device = resolve_device(t.device)
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
-
-        self.shards = self._prepare_data(state.get("data") if state else None)
+        saved_data = state.get("data") if state else None  # checkpoints older than data records have none
+        if config.objective.name == "task":
+            pretrained = self._prepare_task(saved_data)
+        else:
+            pretrained = self._prepare_pretraining(saved_data)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)
+        if pretrained is not None and state is None:
+            _load_body(self.model, pretrained, config.finetune.source)
         if config.finetune.freeze_body:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
         self.optimizer = make_optimizer(self.model, config)
         self.step, self.sample, self.scores = 0, 0, {}
+        # a fine-tuning run keeps checkpoints/best, and may stop early (finetune.metric, finetune.patience)
+        self.best = {"value": None, "step": 0, "evals_since": 0} if config.objective.name == "task" else None
         # the loss summed over the steps since the last log row, kept on the device: read once per row
         self.loss_sum, self.window_steps = torch.zeros((), device=self.device), 0
         if state is not None:
@@ -170,44 +236,79 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], self.device)
             self.step, self.sample, self.scores = state["step"], state["sample"], state.get("scores", {})
+            self.best = state.get("best", self.best)
             window = state.get("window", {"loss_sum": 0.0, "steps": 0})
             self.loss_sum.fill_(window["loss_sum"])
             self.window_steps = window["steps"]
 
-        objective = make_objective(config, self.shards.tokenizer)
-        windows = {
-            split: TokenWindows(self.shards.tokens(split), objective.window, objective.stride, seed, split)
-            for split, seed in (("train", t.seed), ("val", t.seed + 1))
-        }
-        self.train_batches = PretrainingBatches(objective, windows["train"], t.seed)
-        self.val_batches = PretrainingBatches(objective, windows["val"], t.seed + 1)
         self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.tokens_per_step = t.batch_size * t.grad_accum * self.train_batches.tokens_per_example
         n_params = count_params(self.model, embeddings=False)
-        self.flops_per_step = flops_per_token(config.model, n_params, config.objective.seq_len) * self.tokens_per_step
+        self.flops_per_step = flops_per_token(config.model, n_params, self.seq_len) * self.tokens_per_step
         self.peak = peak_flops(self.device, self.dtype)
 
-    def _prepare_data(self, saved: dict | None) -> Shards:
-        """The shards, refused when they differ from `saved` (the data record of the checkpoint resumed from;
-        checkpoints older than data records have none); sets model.vocab_size from the tokenizer if unset."""
+    def _prepare_pretraining(self, saved: dict | None) -> None:
+        """The shards, refused when they differ from `saved` (the data record of the checkpoint resumed from), and
+        the objective's batches over them; sets model.vocab_size from the tokenizer if unset."""
+        config, t = self.config, self.config.train
         check = functools.partial(_check_same_data, saved, self.resumed_from) if saved else None
-        shards = prepare(self.config.data, check)
+        self.shards = shards = prepare(config.data, check)
+        self.tokenizer, self.seq_len, self.summary = shards.tokenizer, config.objective.seq_len, []
         self.data = {**data_record(shards.manifest["inputs"]), "tokenizer_sha256": shards.manifest["tokenizer_sha256"]}
         if saved and saved["tokenizer_sha256"] != self.data["tokenizer_sha256"]:
             raise CheckpointError(
                 f"the tokenizer of the shards (rebuilt since) differs from the one {self.resumed_from.name} was "
                 "trained with; a resumed run needs its token ids: start a new --run-dir"
             )
-        model, tokenizer_vocab = self.config.model, shards.manifest["vocab_size"]
-        if model.vocab_size is None:
-            model.vocab_size = 64 * math.ceil(tokenizer_vocab / 64)
-        elif model.vocab_size < tokenizer_vocab:
-            raise ConfigError(
-                f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} tokens; "
-                "raise it or leave it unset"
+        _set_vocab_size(config.model, shards.manifest["vocab_size"])
+        objective = make_objective(config, shards.tokenizer)
+        windows = {
+            split: TokenWindows(shards.tokens(split), objective.window, objective.stride, seed, split)
+            for split, seed in (("train", t.seed), ("val", t.seed + 1))
+        }
+        self.train_batches = PretrainingBatches(objective, windows["train"], t.seed)
+        self.val_batches = PretrainingBatches(objective, windows["val"], t.seed + 1)
+
+    def _prepare_task(self, saved: dict | None) -> torch.nn.Module | None:
+        """The task's splits and the tokenizer and model config they go with: the run's own when resuming; else the
+        pretrained source's (finetune.source) under the task's head, or from scratch the recipe's model with the
+        data section's tokenizer. Returns the source model whose body a fresh run starts from, or None."""
+        config, source, pretrained = self.config, self.config.finetune.source, None
+        self.shards = None
+        if self.resumed_from is not None:
+            tokenizer = checkpoint.load_tokenizer(self.resumed_from)
+        elif source is not None:
+            pretrained, tokenizer, notes = load_any(source)
+            for note in notes:
+                warnings.warn(f"{source}: {note}", stacklevel=2)
+            config.model = dataclasses.replace(pretrained.config, head="lm", n_labels=0, dropout=config.model.dropout)
+            validate(config)  # the source's kind must suit the task (a T5 takes no <cls> head) and gets its head
+        else:
+            shards = prepare(config.data)
+            tokenizer = shards.tokenizer
+            _set_vocab_size(config.model, shards.manifest["vocab_size"])
+        if tokenizer is None:
+            raise CheckpointError(f"'{source}' has no tokenizer.json; fine-tuning needs the one it was trained with")
+        task, splits = load_splits(config, tokenizer)
+        if "validation" not in splits:
+            raise DataError("the task has no validation split, which picks the best checkpoint; set task.validation")
+        if config.model.head in ("sequence", "token"):
+            config.model.n_labels = 1 if task.kind == "regression" else len(task.labels)
+        config.task.labels = list(task.labels)
+        self.data = {
+            "task_sha256": hashlib.sha256(repr(task.splits).encode()).hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+        }
+        if saved and saved != self.data:
+            raise CheckpointError(
+                f"the task's examples or the tokenizer changed since {self.resumed_from.name} was saved; a resumed run "
+                "must see the data it was trained on: restore them, or start a new --run-dir"
             )
-        return shards
+        self.tokenizer, self.task, self.seq_len = tokenizer, task, config.task.max_len
+        self.train_batches, self.val_batches = splits["train"], splits["validation"]
+        self.summary = [_split_summary(task, name, split, config.task.max_len) for name, split in splits.items()]
+        return pretrained
 
     def _resume_point(self, resume: bool) -> tuple[Path | None, dict | None]:
         """(checkpoint, trainer state) to resume from, or (None, None) for a fresh run; refuses a resume that
@@ -225,7 +326,10 @@ class Trainer:
             raise CheckpointError(
                 f"--resume: no checkpoint in '{self.run_dir}/checkpoints'; run without --resume to start it"
             )
-        _check_resumable(checkpoint.read_config(ckpt), self.config)
+        saved = checkpoint.read_config(ckpt)
+        _check_resumable(saved, self.config)
+        if self.config.objective.name == "task":  # the model is the run's own: its source's, with the task's head
+            self.config.model, self.config.task.labels = saved.model, saved.task.labels
         state = checkpoint.load_state(ckpt)
         if state["step"] > self.config.train.max_steps:
             raise CheckpointError(
@@ -239,7 +343,7 @@ class Trainer:
 
     def fit(self) -> RunResult:
         t = self.config.train
-        if self.step >= t.max_steps:
+        if self.step >= t.max_steps or self._patience_lost():
             plot_loss(self.run_dir)  # an interrupted run may have stopped between its last save and its plot
             return self._result(already_finished=True)
         try:
@@ -253,6 +357,8 @@ class Trainer:
         self.window_start = time.perf_counter()
         self.model.train()
         with batches, bar, self.metrics:
+            for line in self.summary:
+                bar.write(line)
             while self.step < t.max_steps:
                 self.train_step(batches)
                 last = self.step == t.max_steps
@@ -262,9 +368,14 @@ class Trainer:
                 paused = time.perf_counter()  # evaluation and checkpoints are not billed to throughput
                 if self.step % t.eval_every == 0 or last:
                     self.evaluate(bar)
-                if self.step % t.save_every == 0 or last:
+                stop = self._patience_lost()
+                if self.step % t.save_every == 0 or last or stop:
                     self.save()
                 self.window_start += time.perf_counter() - paused
+                if stop:
+                    bar.write(f"step {self.step}: stopping early, no better {self.config.finetune.metric} since step "
+                              f"{self.best['step']} (checkpoints/best)")  # fmt: skip
+                    break
         plot_loss(self.run_dir)
         return self._result()
 
@@ -334,14 +445,19 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, bar=None) -> dict[str, float]:
         """The model's validation numbers (`eval_sums`) over the same `eval.batches` batches every time (fewer if
-        the validation split is small), logged as val_* with val_ppl."""
+        the validation split is small), or a task's whole validation split; logged as val_*, with val_ppl for a
+        language model's loss."""
         self._stop_if_diverged()
-        make, n_examples = self.val_batches.make, self.val_batches.per_epoch
-        size = min(self.config.train.batch_size, n_examples)
+        n = self.val_batches.per_epoch
+        size = min(self.config.train.batch_size, n)
+        if self.shards is None:  # a task: every example once, in order
+            spans = [(first, min(size, n - first)) for first in range(0, n, size)]
+        else:
+            spans = [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]
         totals: dict[str, list] = {}
         self.model.eval()
-        for i in range(max(1, min(self.config.eval.batches, n_examples // size))):
-            batch = {k: v.to(self.device) for k, v in make(i * size, size).items()}
+        for first, rows in spans:
+            batch = {k: v.to(self.device) for k, v in self.val_batches.make(first, rows).items()}
             with self.autocast():
                 sums = self.model.eval_sums(**batch)
             for name, (value, count) in sums.items():
@@ -351,11 +467,32 @@ class Trainer:
         self.model.train()
         self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
         val_loss = self.scores["val_loss"]
-        self.metrics.log({"step": self.step, **self.scores, "val_ppl": round(perplexity(val_loss), 3)})
+        language_model = self.config.model.head == "lm"
+        ppl = {"val_ppl": round(perplexity(val_loss), 3)} if language_model else {}
+        self.metrics.log({"step": self.step, **self.scores, **ppl})
         if bar is not None:
             rates = "".join(f", {k[4:].replace('_', ' ')} {v:.1%}" for k, v in self.scores.items() if "accuracy" in k)
-            bar.write(f"step {self.step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.1f}){rates}")
+            shown_ppl = f" (ppl {ppl['val_ppl']:.1f})" if ppl else ""
+            bar.write(f"step {self.step}: val loss {val_loss:.4f}{shown_ppl}{rates}")
+        if self.best is not None:
+            self._keep_best()
         return self.scores
+
+    def _keep_best(self) -> None:
+        """Write checkpoints/best when finetune.metric is better than at any evaluation before."""
+        name = self.config.finetune.metric
+        if name not in self.scores:
+            raise ConfigError(f"finetune.metric={name} is not one of this run's numbers: {', '.join(self.scores)}")
+        value, best = self.scores[name], self.best["value"]
+        if best is None or (value < best if name.endswith("loss") else value > best):
+            checkpoint.save_best(self.run_dir, self.step, self.model, self.config, self.tokenizer)
+            self.best = {"value": value, "step": self.step, "evals_since": 0}
+        else:
+            self.best["evals_since"] += 1
+
+    def _patience_lost(self) -> bool:
+        patience = self.config.finetune.patience
+        return self.best is not None and patience > 0 and self.best["evals_since"] >= patience
 
     def save(self) -> None:
         """A checkpoint of everything an exact resume needs; never of a diverged model."""
@@ -367,7 +504,8 @@ class Trainer:
             "rng": _rng_state(self.device),
             "scores": self.scores,
             "window": {"loss_sum": self.loss_sum.item(), "steps": self.window_steps},
+            "best": self.best,
             "data": self.data,
         }
         keep = self.config.train.keep_last
-        checkpoint.save(self.run_dir, self.step, self.model, self.config, self.shards.tokenizer, state, keep)
+        checkpoint.save(self.run_dir, self.step, self.model, self.config, self.tokenizer, state, keep)

@@ -51,6 +51,15 @@ def resume(*overrides):
     return f"train {RECIPE} --run-dir {{run}} --resume TINY " + " ".join(overrides)
 
 
+def finetune(*flags, validation=True):
+    files = "task.train={tmp}/train.csv" + (" task.validation={tmp}/validation.csv" if validation else "")
+    return (
+        f"finetune {RECIPE} --run-dir {{tmp}}/new "
+        + " ".join(flags)
+        + f" TINY objective.name=task task.max_len=32 {files}"
+    )
+
+
 def generate(*flags, ckpt="{run}"):
     return f"generate {ckpt} --prompt Hello " + " ".join(flags)
 
@@ -199,6 +208,21 @@ CASES = [
          "Permission denied", "read_only_destination"),
     Case("a .gguf that is not GGUF", "convert {tmp}/fake.gguf {tmp}/out", "fake.gguf' is not a GGUF file",
          "fake_gguf"),
+    # fine-tuning and evaluating on a task
+    Case("fine-tuning with a pretraining recipe", f"finetune {RECIPE} --run-dir {{tmp}}/new TINY",
+         "finetune needs a task recipe"),
+    Case("a T5 for a classification task", finetune("--from {tmp}/t5"),
+         "a classification task is for model.arch=encoder or decoder, not encoder_decoder", "t5_checkpoint"),
+    Case("a task without a validation split", finetune(validation=False), "the task has no validation split",
+         files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n"}),
+    Case("a task file that does not exist", f"finetune {RECIPE} --run-dir {{tmp}}/new TINY objective.name=task "
+         "task.max_len=32 task.train={tmp}/none.csv task.validation={tmp}/none.csv",
+         "task.train file '{tmp}/none.csv' not found"),
+    Case("a task file without the label column", finetune(), "no column 'label'; the file has 'text', 'sentiment'",
+         files={"train.csv": "text,sentiment\nfine words,pos\n", "validation.csv": "text,sentiment\nmore,neg\n"}),
+    Case("a validation label never seen in training", finetune(), "label 'meh' in the validation split is not in",
+         files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n", "validation.csv": "text,label\nso,meh\n"}),
+    Case("evaluating a pretraining run", "eval {run}", "is a pretraining run (causal_lm); evaluate a fine-tuned one"),
     # generation settings
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),
     Case("top-p above 1", generate("--top-p 1.5"), "top_p must be in (0, 1] (got 1.5)"),
@@ -287,6 +311,16 @@ def garbled_state(tmp, run, monkeypatch):
 def hf_folder(tmp, run, monkeypatch):
     (tmp / "hf").mkdir()
     (tmp / "hf" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+
+
+def t5_checkpoint(tmp, run, monkeypatch):
+    (tmp / "train.csv").write_text("text,label\nfine words,pos\nbad words,neg\n")
+    (tmp / "validation.csv").write_text("text,label\nfair words,pos\n")
+    config = pretrainer.load_config(None, ["model.arch=encoder_decoder", "model.positions=relative",
+                                           "objective.name=span_corruption", "model.vocab_size=64", "model.n_layer=1",
+                                           "model.d_model=32", "model.n_head=2"])  # fmt: skip
+    (tmp / "t5").mkdir()
+    checkpoint.write_model(tmp / "t5", build_model(config.model), config, None)
 
 
 def encoder(tmp, run, monkeypatch):

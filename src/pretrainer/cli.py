@@ -54,6 +54,17 @@ def cmd_finetune(args) -> None:
         print(f"done: step {result.step}, {val}; best: {run_dir}/checkpoints/best")
 
 
+def cmd_eval(args) -> None:
+    from .eval.tasks import evaluate
+    from .train.trainer import resolve_device
+
+    result = evaluate(args.run, args.split, args.task, resolve_device(args.device))
+    print(f"{result['task']} {result['split']} ({result['examples']:,} examples; {result['checkpoint']}):")
+    for name, value in result["scores"].items():
+        print(f"  {name:12} {value:.4f}")
+    print(f"written: {Path(args.run) / ('eval-' + args.split + '.json')}")
+
+
 def cmd_generate(args) -> None:
     from .model.generate import check_sampling, generate_text
     from .train.checkpoint import load
@@ -129,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where metrics, checkpoints and plots go (default runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="score a fine-tuned run on a split of its task (accuracy, F1, ROUGE, ...)")
+    p.add_argument("run", help="a fine-tuned run folder (its best checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="test", help="train, validation or test (default test)")
+    p.add_argument("--task", help="a built-in task to score on instead of the run's own")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")

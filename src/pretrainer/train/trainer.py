@@ -111,7 +111,7 @@ def _check_resumable(saved: Config, config: Config) -> None:
     for section in sections:
         ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
         for key, value in theirs.items():
-            unset_now = key in ("vocab_size", "n_labels", "labels") and not ours[key]  # filled in from the data
+            unset_now = key in ("vocab_size", "n_labels", "labels", "prefix") and not ours[key]  # from the data
             tuning = section == "finetune" and key != "source"  # these may change on resume, like train.*
             if ours[key] != value and not unset_now and not tuning:
                 differences.append(f"{section}.{key} is {value!r} in the checkpoint but {ours[key]!r} now")
@@ -295,7 +295,7 @@ class Trainer:
             raise DataError("the task has no validation split, which picks the best checkpoint; set task.validation")
         if config.model.head in ("sequence", "token"):
             config.model.n_labels = 1 if task.kind == "regression" else len(task.labels)
-        config.task.labels = list(task.labels)
+        config.task.labels, config.task.prefix = list(task.labels), task.prefix  # saved with the checkpoint
         self.data = {
             "task_sha256": hashlib.sha256(repr(task.splits).encode()).hexdigest(),
             "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
@@ -330,6 +330,7 @@ class Trainer:
         _check_resumable(saved, self.config)
         if self.config.objective.name == "task":  # the model is the run's own: its source's, with the task's head
             self.config.model, self.config.task.labels = saved.model, saved.task.labels
+            self.config.task.prefix = saved.task.prefix
         state = checkpoint.load_state(ckpt)
         if state["step"] > self.config.train.max_steps:
             raise CheckpointError(

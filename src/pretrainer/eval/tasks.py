@@ -1,0 +1,156 @@
+"""A fine-tuned model on a task split: its predictions, the task's scores, and predictions for new inputs.
+
+`evaluate` is `pretrainer eval RUN --split test`: it loads the run's best checkpoint (else its latest), predicts
+every example of the split in order, scores them as the field does for the task's kind (eval/metrics.py), and
+writes RUN/eval-SPLIT.json (and a confusion-matrix PNG for classification).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data.tasks import Example, TaggingExample, Task, Text2TextExample, encode_task, load_splits
+from ..data.tokenizer import eos_id
+from ..errors import CheckpointError, DataError
+from ..files import write_atomic
+from ..model.generate import generate
+from ..train import checkpoint
+from .metrics import confusion_matrix, plot_confusion, task_scores
+
+_LABELS = ("labels", "start_positions", "end_positions", "targets", "decoder_input_ids", "decoder_padding_mask")
+MAX_ANSWER_TOKENS = 30  # the longest answer span considered, as in SQuAD's reference implementation
+
+
+def load_finetuned(run: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, config, checkpoint folder) of a fine-tuned run: its best checkpoint, else its latest (or
+    the checkpoint folder given)."""
+    path = Path(run)
+    best = path / "checkpoints" / "best"
+    ckpt = best if (best / "model.safetensors").is_file() else checkpoint.resolve(path)
+    model, tokenizer, config = checkpoint.load(ckpt, device)
+    if config.objective.name != "task":
+        raise CheckpointError(f"'{run}' is a pretraining run ({config.objective.name}); evaluate a fine-tuned one")
+    if tokenizer is None:
+        raise CheckpointError(f"'{ckpt}' has no tokenizer.json; predicting needs the model's tokenizer")
+    return model, tokenizer, config, ckpt
+
+
+@torch.no_grad()
+def predict_split(model, tokenizer, split, task: Task, config: Config, batch_size: int = 32) -> list:
+    """The model's prediction for every example of `split` (a TaskSplit), in order: a label id (classification),
+    a number (regression), a tag name per word (tagging), an answer text (qa), or a text (text2text)."""
+    device = next(model.parameters()).device
+    eos = eos_id(tokenizer)
+    predictions = []
+    for first in range(0, split.per_epoch, batch_size):
+        rows = min(batch_size, split.per_epoch - first)
+        batch = {k: v.to(device) for k, v in split.make(first, rows).items() if k not in _LABELS}
+        if task.kind == "text2text":
+            out = generate(model, batch["input_ids"], config.task.max_target_len, temperature=0,
+                           padding_mask=batch["padding_mask"], stop_ids=[eos])  # fmt: skip
+            predictions += [_text(tokenizer, row[1:], eos) for row in out.tolist()]
+            continue
+        logits, _ = model(**batch)
+        for row, index in enumerate(split.indices(first, rows)):
+            predictions.append(_prediction(task, split, index, logits[row]))
+    return predictions
+
+
+def _prediction(task: Task, split, index: int, logits: torch.Tensor):
+    if task.kind == "regression":
+        return float(logits)
+    if task.kind in ("classification", "pair"):
+        return int(logits.argmax())
+    if task.kind == "tagging":  # each word's tag is its first piece's, as in training; words cut off get "O"
+        firsts = (split.encoded[index]["labels"] != -100).nonzero()[0]
+        tags = [task.labels[int(i)] for i in logits[firsts].argmax(-1)]
+        return tags + ["O"] * (len(split.examples[index].words) - len(tags))
+    start, end = _best_span(logits, split.offsets[index])
+    return split.answer_text(index, start, end)
+
+
+def _best_span(logits: torch.Tensor, offsets) -> tuple[int, int]:
+    """The (start, end) of highest start + end logit with start <= end < start + MAX_ANSWER_TOKENS, both in the
+    context."""
+    in_context = torch.as_tensor(offsets[:, 0] >= 0, device=logits.device)
+    start = logits[: len(offsets), 0].masked_fill(~in_context, float("-inf"))
+    end = logits[: len(offsets), 1].masked_fill(~in_context, float("-inf"))
+    scores = start[:, None] + end[None, :]
+    n = len(offsets)
+    allowed = torch.ones(n, n, dtype=torch.bool, device=logits.device).triu().tril(MAX_ANSWER_TOKENS - 1)
+    best = int(scores.masked_fill(~allowed, float("-inf")).argmax())
+    return best // n, best % n
+
+
+def _text(tokenizer, ids: list[int], eos_id: int) -> str:
+    return tokenizer.decode(ids[: ids.index(eos_id)] if eos_id in ids else ids, skip_special_tokens=True)
+
+
+def references(task: Task, split) -> list:
+    """What each example of `split` should be predicted as, in the form `predict_split` gives."""
+    kind = task.kind
+    if kind in ("classification", "pair"):
+        return [task.labels.index(ex.label) for ex in split.examples]
+    if kind == "regression":
+        return [float(ex.label) for ex in split.examples]
+    if kind == "tagging":
+        return [list(ex.tags) for ex in split.examples]
+    if kind == "qa":
+        return [ex.answer for ex in split.examples]
+    return [ex.target for ex in split.examples]
+
+
+def evaluate(run: str | Path, split: str = "test", task_name: str | None = None, device="cpu", batch_size=32) -> dict:
+    """Score a fine-tuned run on a split of its task (or of the built-in task `task_name`); writes
+    RUN/eval-SPLIT.json, and RUN/confusion-SPLIT.png for classification. Returns the JSON's content."""
+    model, tokenizer, config, ckpt = load_finetuned(run, device)
+    if task_name is not None:
+        config.task = dataclasses.replace(config.task, name=task_name, train=None, validation=None, test=None)
+    task, splits = load_splits(config, tokenizer)
+    if split not in splits:
+        raise DataError(f"the task {task.name} has no {split} split (it has {', '.join(splits)}); pick one of those")
+    data = splits[split]
+    predictions, refs = predict_split(model, tokenizer, data, task, config, batch_size), references(task, data)
+    scores = task_scores(task.kind, refs, predictions, n_labels=len(task.labels) or None)
+    result = {
+        "task": task.name,
+        "kind": task.kind,
+        "split": split,
+        "checkpoint": str(ckpt),
+        "examples": data.per_epoch,
+        "truncated": data.truncated,
+        "scores": scores,
+    }
+    out = Path(run) if (Path(run) / "checkpoints").is_dir() else ckpt
+    write_atomic(out / f"eval-{split}.json", json.dumps(result, indent=1) + "\n")
+    if task.kind in ("classification", "pair"):
+        matrix = confusion_matrix(refs, predictions, len(task.labels))
+        plot_confusion(matrix, task.labels, out / f"confusion-{split}.png")
+        result["confusion"] = matrix.tolist()
+    return result
+
+
+def predict(run: str | Path, inputs: list, device="cpu", batch_size: int = 32) -> list:
+    """Predictions of a fine-tuned run for new inputs: texts (classification, regression, text2text), (text_a,
+    text_b) pairs, or word lists (tagging); label names, numbers, texts or tag lists back."""
+    model, tokenizer, config, _ = load_finetuned(run, device)
+    kind, labels = config.task.kind, config.task.labels
+    placeholder = labels[0] if labels else 0.0  # new inputs have no label; encoding wants one, prediction not
+    if kind == "qa":
+        raise DataError("predict takes texts, pairs or word lists; for extractive QA, evaluate a split")
+    if kind == "text2text":
+        examples = [Text2TextExample(text, "") for text in inputs]
+    elif kind == "tagging":
+        examples = [TaggingExample(list(words), [placeholder] * len(words)) for words in inputs]
+    else:
+        examples = [Example(x, placeholder) if isinstance(x, str) else Example(x[0], placeholder, x[1]) for x in inputs]
+    task = Task("new", kind, {"test": examples}, labels, prefix=config.task.prefix)
+    split = encode_task(task, tokenizer, config.model.arch, config.task.max_len, config.task.max_target_len,
+                        config.model.decoder_start_id, seed=None)["test"]  # fmt: skip
+    predictions = predict_split(model, tokenizer, split, task, config, batch_size)
+    return [labels[p] for p in predictions] if kind in ("classification", "pair") else predictions

@@ -1,0 +1,185 @@
+"""Fine-tuning through the one trainer: heads on our pretrained encoder and decoder, T5 text to text, best
+checkpoints, early stopping, exact resume, a frozen body, evaluation and prediction."""
+
+import csv
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pretrainer
+from pretrainer import cli
+from pretrainer.errors import CheckpointError, ConfigError, DataError
+from pretrainer.eval.tasks import load_finetuned
+from pretrainer.train import checkpoint
+from pretrainer.train.metrics import read_metrics
+from pretrainer.train.trainer import Trainer
+from tests.conftest import WORDS, make_corpus, tiny_overrides, without_timings
+from tests.test_modes import BERT, T5
+
+GOOD, BAD = "good fair brave loves".split(), "bad foul hates old".split()
+
+
+def sentiment_rows(n, rng):
+    """Texts whose class shows in their words (three of one kind among four neutral ones)."""
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        words = [rng.choice(GOOD if positive else BAD) for _ in range(3)] + rng.sample(WORDS[:12], 4)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "pos" if positive else "neg"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A corpus, a synthetic sentiment task as CSV, and tiny BERT and GPT runs pretrained on the corpus."""
+    tmp = tmp_path_factory.mktemp("finetune")
+    corpus = make_corpus(tmp / "corpus")
+    rng = random.Random(0)
+    for split, n in (("train", 300), ("validation", 60), ("test", 60)):
+        with open(tmp / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["text", "label"])
+            writer.writeheader()
+            writer.writerows(sentiment_rows(n, rng))
+    overrides = {
+        "bert": tiny_overrides(corpus, tmp / "data", **BERT, **{"train.max_steps": 20}),
+        "gpt": tiny_overrides(corpus, tmp / "data", **{"train.max_steps": 20}),
+    }
+    for name, kind in overrides.items():
+        pretrainer.train(pretrainer.load_config(None, kind), tmp / name)
+    return tmp, overrides
+
+
+def task_config(tiny, kind="bert", **extra):
+    tmp, overrides = tiny
+    task = {
+        "objective.name": "task",
+        "task.train": tmp / "train.csv",
+        "task.validation": tmp / "validation.csv",
+        "task.test": tmp / "test.csv",
+        "task.max_len": 16,
+        "train.max_steps": 60,
+        "train.eval_every": 20,
+        "train.save_every": 20,
+        "train.warmup_steps": 5,
+        "train.lr": 2e-3,
+    }
+    task.update(extra)
+    return pretrainer.load_config(None, [*overrides[kind], *(f"{k}={v}" for k, v in task.items())])
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt"])
+def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, tiny, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(task_config(tiny, kind, **{"finetune.source": tiny[0] / kind}), run)
+    result = trainer.fit()
+    labels = [row["label"] for row in csv.DictReader(open(tiny[0] / "validation.csv"))]
+    majority = max(labels.count("pos"), labels.count("neg")) / len(labels)  # always answering the common class
+    assert result.scores["val_accuracy"] > max(0.8, majority + 0.2)
+    model, tokenizer, config, ckpt = load_finetuned(run)
+    assert config.task.labels == ["neg", "pos"] and config.model.n_labels == 2 and ckpt.name == "best"
+
+    # the checkpoint of the last step gives the model the trainer ended with
+    last, *_ = checkpoint.load(checkpoint.latest(run))
+    batch = trainer.val_batches.make(0, 8)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(trainer.model(**batch)[0], last(**batch)[0])
+
+    texts = ["good fair brave the king", "bad foul hates the queen"]
+    assert pretrainer.predict(run, texts) == ["pos", "neg"]
+    scores = pretrainer.evaluate(run, "test")["scores"]
+    assert scores["accuracy"] > 0.8 and json.loads((run / "eval-test.json").read_text())["scores"] == scores
+    assert (run / "confusion-test.png").stat().st_size > 1000
+
+
+def test_t5_learns_text_to_text_from_scratch(tiny, tmp_path):
+    tmp, _ = tiny
+    rng = random.Random(1)
+    for split, n in (("train", 300), ("validation", 30)):
+        rows = [[rng.choice(WORDS) for _ in range(4)] for _ in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"input": " ".join(r), "target": r[0]}) + "\n" for r in rows)
+        )
+    t5 = {k: v for k, v in T5.items() if k != "objective.name"}
+    overrides = tiny_overrides(tmp / "corpus", tmp / "data", **t5, **{
+        "objective.name": "task", "task.kind": "text2text", "task.train": tmp_path / "train.jsonl",
+        "task.validation": tmp_path / "validation.jsonl", "task.prefix": "'first: '", "task.max_target_len": 6,
+        "task.max_len": 24,
+        "train.max_steps": 60, "train.eval_every": 20,
+    })  # fmt: skip
+    result = pretrainer.finetune(pretrainer.load_config(None, overrides), tmp_path / "run")
+    losses = [r["val_loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert losses[-1] < losses[0] - 0.3 and result.step == 60
+    scores = pretrainer.evaluate(tmp_path / "run", "validation")["scores"]
+    assert set(scores) == {"rouge1", "rouge2", "rougeL"} and 0 <= scores["rougeL"] <= 100
+
+
+def test_best_checkpoint_early_stopping_and_a_finished_resume(tiny, tmp_path):
+    """With no learning (lr tiny) val_accuracy never improves on its first value: checkpoints/best is the first
+    evaluation's, the run stops after `patience` more, and a resume says it is finished."""
+    config = lambda: task_config(tiny, **{"train.lr": 1e-9, "train.min_lr": 0, "finetune.metric": "val_accuracy",
+                                          "finetune.patience": 2, "train.eval_every": 10})  # fmt: skip
+    result = pretrainer.finetune(config(), tmp_path / "run")
+    evaluations = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert result.step == 30 and evaluations == [10, 20, 30]
+    assert checkpoint.latest(tmp_path / "run").name == "step-30"
+    assert load_finetuned(tmp_path / "run")[3].name == "best"
+    again = pretrainer.finetune(config(), tmp_path / "run", resume=True)
+    assert again.already_finished
+
+
+def test_resume_is_exact(tiny, tmp_path):
+    config = lambda: task_config(tiny, **{"finetune.source": tiny[0] / "bert", "train.keep_last": 5})
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    pretrainer.finetune(config(), full)
+    shutil.copytree(full, resumed)
+    for late in ("step-40", "step-60"):
+        shutil.rmtree(resumed / "checkpoints" / late)
+    (resumed / "checkpoints" / "latest").write_text("step-20\n")
+    pretrainer.finetune(config(), resumed, resume=True)
+    assert without_timings(resumed) == without_timings(full)
+    a, b = (load_file(run / "checkpoints" / "step-60" / "model.safetensors") for run in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_frozen_body_keeps_its_pretrained_weights(tiny, tmp_path):
+    source = tiny[0] / "bert"
+    config = task_config(tiny, **{"finetune.source": source, "finetune.freeze_body": True, "train.max_steps": 20})
+    pretrainer.finetune(config, tmp_path / "run")
+    before = pretrainer.load(source)[0].state_dict()
+    after = pretrainer.load(tmp_path / "run")[0].state_dict()
+    body = [k for k in after if not k.startswith("head.")]
+    assert body and all(torch.equal(after[k], before[k]) for k in body)
+    assert not torch.allclose(after["head.linear.weight"], torch.zeros_like(after["head.linear.weight"]))
+
+
+def test_body_and_head_learning_rates(tiny, tmp_path):
+    trainer = Trainer(task_config(tiny, **{"finetune.source": tiny[0] / "bert", "finetune.body_lr": 1e-4}), tmp_path)
+    sizes = {}
+    for group in trainer.optimizer.param_groups:
+        scale = round(group["lr_scale"], 6)
+        sizes[scale] = sizes.get(scale, 0) + sum(p.numel() for p in group["params"])
+    head = sum(p.numel() for p in trainer.model.head.parameters())
+    assert set(sizes) == {1.0, 0.05} and sizes[1.0] == head  # body_lr / lr = 1e-4 / 2e-3
+
+
+def test_sources_that_cannot_do_the_task(tiny, tmp_path):
+    tmp, overrides = tiny
+    t5_run = tmp_path / "t5"
+    t5 = tiny_overrides(tmp / "corpus", tmp / "data", **T5, **{"train.max_steps": 2})
+    pretrainer.train(pretrainer.load_config(None, t5), t5_run)
+    with pytest.raises(ConfigError, match="a classification task is for model.arch=encoder or decoder, not "
+                                          "encoder_decoder"):  # fmt: skip
+        pretrainer.finetune(task_config(tiny, **{"finetune.source": t5_run}), tmp_path / "run")
+    with pytest.raises(DataError, match="the task has no validation split"):
+        pretrainer.finetune(task_config(tiny, **{"task.validation": "null"}), tmp_path / "run2")
+    with pytest.raises(ConfigError, match="finetune needs a task recipe"):
+        pretrainer.finetune(pretrainer.load_config(None, overrides["bert"]), tmp_path / "run3")
+    with pytest.raises(CheckpointError, match="is a pretraining run"):
+        pretrainer.evaluate(tmp / "bert")
+    assert cli.main(["eval", str(tmp / "bert")]) == 2

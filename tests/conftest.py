@@ -1,11 +1,15 @@
 import functools
 import random
+import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from pretrainer.config import load_config
 from pretrainer.data.sources import fetch_package
 from pretrainer.errors import DataError
+from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
 
 WORDS = (
@@ -90,3 +94,17 @@ def tiny_config(corpus, tmp_path):
 def without_timings(run):
     """A run's metrics.jsonl rows without the timings (tok_per_s, mfu), which differ from run to run."""
     return [{k: v for k, v in r.items() if k not in ("tok_per_s", "mfu")} for r in read_metrics(run / "metrics.jsonl")]
+
+
+def assert_resume_is_exact(run, full, resumed, rewind_to: int, last: int) -> None:
+    """Copy the finished run `full` to `resumed` as if killed after checkpoint step-`rewind_to`, let `run(resumed)`
+    resume it, and check that metrics (timings aside) and the final weights equal the uninterrupted run's."""
+    shutil.copytree(full, resumed)
+    for later in checkpoint.steps(resumed, complete=False):
+        if int(later.name.removeprefix("step-")) > rewind_to:
+            shutil.rmtree(later)
+    (resumed / "checkpoints" / "latest").write_text(f"step-{rewind_to}\n")
+    run(resumed)
+    assert without_timings(resumed) == without_timings(full)
+    a, b = (load_file(r / "checkpoints" / f"step-{last}" / "model.safetensors") for r in (full, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

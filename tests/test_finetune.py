@@ -4,11 +4,9 @@ checkpoints, early stopping, exact resume, a frozen body, evaluation and predict
 import csv
 import json
 import random
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import pretrainer
 from pretrainer import cli
@@ -17,7 +15,7 @@ from pretrainer.eval.tasks import load_finetuned
 from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
 from pretrainer.train.trainer import Trainer
-from tests.conftest import WORDS, make_corpus, tiny_overrides, without_timings
+from tests.conftest import WORDS, assert_resume_is_exact, make_corpus, tiny_overrides
 from tests.test_modes import BERT, T5
 
 GOOD, BAD = "good fair brave loves".split(), "bad foul hates old".split()
@@ -137,14 +135,7 @@ def test_resume_is_exact(tiny, tmp_path):
     config = lambda: task_config(tiny, **{"finetune.source": tiny[0] / "bert", "train.keep_last": 5})
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     pretrainer.finetune(config(), full)
-    shutil.copytree(full, resumed)
-    for late in ("step-40", "step-60"):
-        shutil.rmtree(resumed / "checkpoints" / late)
-    (resumed / "checkpoints" / "latest").write_text("step-20\n")
-    pretrainer.finetune(config(), resumed, resume=True)
-    assert without_timings(resumed) == without_timings(full)
-    a, b = (load_file(run / "checkpoints" / "step-60" / "model.safetensors") for run in (full, resumed))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(lambda r: pretrainer.finetune(config(), r, resume=True), full, resumed, 20, 60)
 
 
 def test_a_frozen_body_keeps_its_pretrained_weights(tiny, tmp_path):

@@ -153,16 +153,27 @@ def _local_files(source: str) -> tuple[Path, list[Path]]:
     return Path(os.path.commonpath([p.parent for p in files])), files
 
 
-def _jsonl_documents(path: Path, name: str) -> list[Document]:
-    docs = []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
+def read_jsonl(path: Path, text: str | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a .jsonl file (or of `text`, read from it)."""
+    records = []
+    # split at line feeds only: str.splitlines would also cut at U+2028 and the like, which JSON leaves raw
+    for n, line in enumerate((read_text(path) if text is None else text).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{n}: a {type(record).__name__}, not an object; each line must be {{...}}")
+        records.append((n, record))
+    return records
+
+
+def _jsonl_documents(path: Path, name: str) -> list[Document]:
+    docs = []
+    for n, record in read_jsonl(path):
+        if not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{n}: no string field \'text\'; each line must look like {{"text": "..."}}')
         docs.append(Document(f"{name}:{n}", record["text"]))
     return docs

@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 from ..config import TASK_ARCHS, TASK_BUILTINS, TASK_FIELDS, Config, TaskConfig
 from ..errors import ConfigError, DataError
 from ..files import atomic_dir
-from .sources import cache_dir, fetch_package, read_text
+from .sources import cache_dir, fetch_package, read_jsonl, read_text
 from .tokenizer import eos_id
 
 SPLITS = ("train", "validation", "test")
@@ -125,18 +125,7 @@ def _rows(path: Path, key: str) -> tuple[list[str], list[tuple[str, dict]]]:
             raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({e})") from None
         return header, rows
     if path.suffix == ".jsonl":
-        rows = []
-        # split at line feeds only: str.splitlines would also cut at U+2028 and the like, which JSON leaves raw
-        for n, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{n}: a {type(record).__name__}, not an object; each line must be {{...}}")
-            rows.append((f"{path}:{n}", record))
+        rows = [(f"{path}:{n}", record) for n, record in read_jsonl(path, text)]
         return (list(rows[0][1]) if rows else []), rows
     raise DataError(f"task.{key} '{path}' is neither .csv nor .jsonl; give the file one of those suffixes")
 

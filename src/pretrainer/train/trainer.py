@@ -213,10 +213,11 @@ class Trainer:
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
         saved_data = state.get("data") if state else None  # checkpoints older than data records have none
+        pretrained = None
         if config.objective.name == "task":
             pretrained = self._prepare_task(saved_data)
         else:
-            pretrained = self._prepare_pretraining(saved_data)
+            self._prepare_pretraining(saved_data)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)

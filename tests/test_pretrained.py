@@ -21,6 +21,7 @@ def test_minilm_imports_with_a_fresh_tied_mlm_head(tmp_path):
     sums = (out / "SHA256SUMS").read_text()  # a converted checkpoint is verified on load like a trained one
     assert all(f"  {name}\n" in sums for name in ("model.safetensors", "config.yaml", "tokenizer.json"))
     model, tokenizer, config = load(out)
+    assert tokenizer.encode("hello there").ids == [101, 7592, 2045, 102]  # shipped padded to 128; we pad batches
     assert config.model.arch == "encoder" and config.model.n_layer == 6 and config.model.d_model == 384
     assert model.mlm_decoder.weight is model.tok_emb.weight
 

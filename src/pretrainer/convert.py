@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from .config import OBJECTIVE_OF_ARCH, Config, ObjectiveConfig
 from .data.sources import fetch_package
+from .data.tokenizer import unpadded
 from .errors import ConversionError
 from .files import atomic_dir
 from .model.hf import config_from_hf, config_to_hf, family_of, model_from_hf, state_dict_to_hf, tokenizer_config
@@ -159,7 +160,7 @@ def _read_config_json(path: Path) -> dict:
 
 def _read_tokenizer(path: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(path))
+        return unpadded(Tokenizer.from_file(str(path)))
     except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConversionError(f"'{path}' is not a tokenizer file ({reason}); remove it or replace it") from None
@@ -217,4 +218,4 @@ def _read_gguf(path: Path) -> tuple[dict, dict, object]:
         raise ConversionError(f"transformers cannot read '{path}' ({reason}); is it a complete GGUF model?") from None
     tensors = hf_model.state_dict()
     _check_finite(tensors, path)
-    return hf_model.config.to_dict(), tensors, hf_tok.backend_tokenizer
+    return hf_model.config.to_dict(), tensors, unpadded(hf_tok.backend_tokenizer)

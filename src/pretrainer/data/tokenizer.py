@@ -97,12 +97,20 @@ def gpt2() -> Tokenizer:
     return tok
 
 
+def unpadded(tok: Tokenizer) -> Tokenizer:
+    """`tok` with the padding and truncation it may have been saved with turned off (MiniLM's pads every text to
+    128 tokens): batches are padded to their longest example, and inputs cut where a task says, counted."""
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"tokenizer file '{p}' not found; give a tokenizer.json, or data.tokenizer=bpe|gpt2")
     try:
-        return Tokenizer.from_file(str(p))
+        return unpadded(Tokenizer.from_file(str(p)))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
         raise DataError(f"'{p}' is not a valid tokenizer.json ({e})") from None
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_model
 from tokenizers import Tokenizer
 
 from ..config import Config, from_yaml_text, to_yaml
+from ..data.tokenizer import unpadded
 from ..errors import CheckpointError, PretrainerError
 from ..files import atomic_dir, write_atomic
 from ..model import build_model
@@ -202,7 +203,7 @@ def load_tokenizer(ckpt: Path) -> Tokenizer | None:
         return None
     verify(path)
     try:
-        return Tokenizer.from_file(str(path))
+        return unpadded(Tokenizer.from_file(str(path)))
     except Exception as e:  # tokenizers raises a bare Exception for a malformed file
         raise CheckpointError(f"'{path}' cannot be read as a tokenizer ({e}); restore it") from None
 

@@ -434,7 +434,7 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "lr": learning_rate(self.step - 1, self.config),
-            "tokens": self.step * self.tokens_per_step,
+            "tokens": round(self.step * self.tokens_per_step),  # a task's examples differ in length: a mean
             "tok_per_s": round(tok_s, 1),
         }
         if self.peak:

@@ -108,3 +108,8 @@ def assert_resume_is_exact(run, full, resumed, rewind_to: int, last: int) -> Non
     assert without_timings(resumed) == without_timings(full)
     a, b = (load_file(r / "checkpoints" / f"step-{last}" / "model.safetensors") for r in (full, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def files_of(folder) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes: to show that nothing was written or lost."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -5,7 +5,6 @@ run folder left as it was. The table is also the README's reliability section (t
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pretrainer.config import ModelConfig
 from pretrainer.convert import export_hf
 from pretrainer.model import build_model
 from pretrainer.train import checkpoint
-from tests.conftest import make_corpus, tiny_overrides
+from tests.conftest import files_of, make_corpus, tiny_overrides
 
 RECIPE = "configs/gpt-tiny.yaml"
 README = Path(__file__).parent.parent / "README.md"
@@ -387,11 +386,6 @@ def trained(tmp_path_factory):
     overrides = tiny_overrides(make_corpus(tmp / "corpus"), tmp / "data", **{"train.max_steps": 2})
     pretrainer.train(pretrainer.load_config(RECIPE, overrides), tmp / "run")
     return tmp / "run", overrides
-
-
-def files_of(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if
-            p.is_file()}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.what)

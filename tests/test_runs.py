@@ -12,7 +12,7 @@ from pretrainer import cli
 from pretrainer.errors import CheckpointError, TrainingError
 from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
-from tests.conftest import assert_resume_is_exact, tiny_overrides
+from tests.conftest import assert_resume_is_exact, files_of, tiny_overrides
 
 
 def test_lost_latest_pointer_falls_back_to_the_newest_checkpoint(tiny_config, tmp_path):
@@ -97,10 +97,6 @@ def test_resume_refuses_a_corpus_edited_since_the_checkpoint(tiny_config, corpus
     (corpus / "doc5.txt").unlink()  # and a document fewer
     with pytest.raises(CheckpointError, match=r"6 documents then, 5 now"):
         pretrainer.train(tiny_config(**{"train.max_steps": 6}), run, resume=True)
-
-
-def files_of(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_metrics_after_resume_equal_the_uninterrupted_run_off_a_log_boundary(tiny_config, tmp_path):

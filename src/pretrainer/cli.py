@@ -33,12 +33,15 @@ def cmd_train(args) -> None:
 
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
-    result = train(config, run_dir, resume=args.resume)
-    val = f"val loss {result.val_loss:.4f}" if result.val_loss is not None else "not evaluated"
+    _report(train(config, run_dir, resume=args.resume), f"{run_dir}/loss.png")
+
+
+def _report(result, written: str) -> None:
+    scores = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.scores.items()) or "not evaluated"
     if result.already_finished:
-        print(f"{run_dir} already finished at step {result.step} ({val}); raise train.max_steps to train on")
+        print(f"{result.run_dir} already finished at step {result.step} ({scores}); raise train.max_steps to train on")
     else:
-        print(f"done: step {result.step}, {val}; {run_dir}/loss.png")
+        print(f"done: step {result.step}, {scores}; {written}")
 
 
 def cmd_finetune(args) -> None:
@@ -46,12 +49,7 @@ def cmd_finetune(args) -> None:
 
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
-    result = finetune(config, run_dir, source=args.source, resume=args.resume)
-    val = ", ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
-    if result.already_finished:
-        print(f"{run_dir} already finished at step {result.step} ({val}); raise train.max_steps to train on")
-    else:
-        print(f"done: step {result.step}, {val}; best: {run_dir}/checkpoints/best")
+    _report(finetune(config, run_dir, source=args.source, resume=args.resume), f"best: {run_dir}/checkpoints/best")
 
 
 def cmd_eval(args) -> None:

@@ -189,12 +189,12 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ConversionError(
-                f"'{file}' holds non-finite values (NaN or inf) in '{key}'; the checkpoint is damaged: fetch it "
-                "again, or export it from a model that is still finite"
-            )
+    bad = checkpoint.not_finite(tensors)
+    if bad:
+        raise ConversionError(
+            f"'{file}' holds non-finite values (NaN or inf) in '{bad[0]}'; the checkpoint is damaged: fetch it "
+            "again, or export it from a model that is still finite"
+        )
 
 
 def _read_gguf(path: Path) -> tuple[dict, dict, object]:

@@ -29,6 +29,11 @@ from ..model import build_model
 CHECKSUMS = "SHA256SUMS"
 
 
+def not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -178,7 +183,7 @@ def load_weights(model, ckpt: Path, device: str | torch.device = "cpu") -> None:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"'{path}' cannot be read as safetensors ({e}); use another checkpoint") from None
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = not_finite(tensors)
     if bad:
         raise CheckpointError(
             f"'{path}' holds weights that are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "

@@ -142,9 +142,8 @@ def _load_body(model: torch.nn.Module, pretrained: torch.nn.Module, source: str)
         raise CheckpointError(f"'{source}' lacks {', '.join(lacking[:3])}: it is not the body of this model")
 
 
-def _split_summary(task, name: str, split, max_len: int) -> str:
-    """One line on a task split: its size, its classes, and what was cut or left out."""
-    counts = class_counts(task).get(name, {})
+def _split_summary(task, name: str, split, counts: dict[str, int], max_len: int) -> str:
+    """One line on a task split: its size, its classes (`counts`), and what was cut or left out."""
     classes = f": {', '.join(f'{label} {n:,}' for label, n in counts.items())}" if counts else ""
     cuts = [
         (split.truncated, f"inputs cut to task.max_len={max_len} tokens"),
@@ -308,7 +307,11 @@ class Trainer:
             )
         self.tokenizer, self.task, self.seq_len = tokenizer, task, config.task.max_len
         self.train_batches, self.val_batches = splits["train"], splits["validation"]
-        self.summary = [_split_summary(task, name, split, config.task.max_len) for name, split in splits.items()]
+        counts = class_counts(task)
+        self.summary = [
+            _split_summary(task, name, split, counts.get(name, {}), config.task.max_len)
+            for name, split in splits.items()
+        ]
         return pretrained
 
     def _resume_point(self, resume: bool) -> tuple[Path | None, dict | None]:

@@ -466,7 +466,7 @@ def _check_task(config: Config) -> None:
             f"task.max_len={k.max_len} is larger than the model's positions (model.max_seq_len="
             f"{config.model.max_seq_len}); lower task.max_len or raise model.max_seq_len"
         )
-    head = HEAD_OF_TASK[kind] if arch != "encoder_decoder" else "lm"
+    head = HEAD_OF_TASK[kind]  # TASK_ARCHS leaves an encoder-decoder only text2text, whose head is its LM head
     if config.model.head != head:
         n_labels = config.model.n_labels if head in ("sequence", "token") else 0
         config.model = dataclasses.replace(config.model, head=head, n_labels=n_labels)

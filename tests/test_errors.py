@@ -42,6 +42,9 @@ T5 = ("model.arch=encoder_decoder", "model.positions=relative", "objective.name=
       "data.tokenizer=unigram", "data.sentinels=20")  # fmt: skip
 
 
+SENTIMENT = {"train.csv": "text,label\nfine words,pos\nbad words,neg\n", "validation.csv": "text,label\nso,pos\n"}
+
+
 def train(*overrides):
     return f"train {RECIPE} --run-dir {{tmp}}/new TINY " + " ".join(overrides)
 
@@ -221,6 +224,13 @@ CASES = [
          files={"train.csv": "text,sentiment\nfine words,pos\n", "validation.csv": "text,sentiment\nmore,neg\n"}),
     Case("a validation label never seen in training", finetune(), "label 'meh' in the validation split is not in",
          files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n", "validation.csv": "text,label\nso,meh\n"}),
+    Case("LoRA without a pretrained model", finetune("finetune.lora_rank=4"),
+         "finetune.lora_rank adapts a pretrained model; give one with --from", files=SENTIMENT),
+    Case("LoRA on layers the model does not have",
+         finetune("--from {run} finetune.lora_rank=4 finetune.lora_targets=[query]"),
+         "names no layer of this model; its linear layers are named", files=SENTIMENT),
+    Case("a negative LoRA rank", finetune("finetune.lora_rank=-1"),
+         "finetune.lora_rank must be 0 (no adapters) or more"),
     Case("evaluating a pretraining run", "eval {run}", "is a pretraining run (causal_lm); evaluate a fine-tuned one"),
     # generation settings
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),

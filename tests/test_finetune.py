@@ -7,11 +7,14 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import pretrainer
 from pretrainer import cli
+from pretrainer.config import ModelConfig
 from pretrainer.errors import CheckpointError, ConfigError, DataError
 from pretrainer.eval.tasks import load_finetuned
+from pretrainer.model import build_model, lora
 from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
 from pretrainer.train.trainer import Trainer
@@ -174,3 +177,57 @@ def test_sources_that_cannot_do_the_task(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="is a pretraining run"):
         pretrainer.evaluate(tmp / "bert")
     assert cli.main(["eval", str(tmp / "bert")]) == 2
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "encoder_decoder"])
+def test_lora_merged_weights_give_the_adapter_models_outputs(arch):
+    extra = {"encoder": {"head": "sequence", "n_labels": 3}, "decoder": {}, "encoder_decoder": {"n_decoder_layer": 1}}
+    positions = "relative" if arch == "encoder_decoder" else "learned"
+    config = ModelConfig(arch=arch, n_layer=1, d_model=32, n_head=2, vocab_size=64, max_seq_len=16,
+                         positions=positions, **extra[arch])  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config)
+    lora.add_adapters(model, rank=4, alpha=8, dropout=0.0, targets=["qkv", "q", "kv", "attn.proj", "mlp.fc"])
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in name or name.startswith("head.") for name in trained)
+    for name, p in model.named_parameters():
+        if ".lora_B." in name:  # B starts at zero; a trained one does not
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 64, (2, 10))
+    batch = {"input_ids": ids, **({"decoder_input_ids": ids[:, :6]} if arch == "encoder_decoder" else {})}
+    model.eval()
+    plain = build_model(config).eval()
+    plain.load_state_dict(lora.merged(model).state_dict())  # the merged copy has a plain model's names, all of them
+    with torch.no_grad():
+        adapted, merged = model(**batch)[0], plain(**batch)[0]
+        without = build_model(config).eval()
+        without.load_state_dict(
+            {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+        )
+        assert not torch.allclose(adapted, without(**batch)[0], atol=1e-3)  # the adapters change the outputs
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_trains_adapters_only_saves_them_merged_and_resumes_exactly(tiny, tmp_path):
+    source = tiny[0] / "bert"
+    config = lambda: task_config(tiny, **{"finetune.source": source, "finetune.lora_rank": 4, "train.lr": 3e-2,
+                                          "train.keep_last": 5, "finetune.lora_targets": "[qkv,mlp.fc]"})  # fmt: skip
+    full = tmp_path / "full"
+    result = pretrainer.finetune(config(), full)
+    assert result.scores["val_accuracy"] > 0.8
+    adapters = load_file(full / "checkpoints" / "step-60" / "adapter.safetensors")
+    assert adapters and all(".lora_" in k or k.startswith("head.") for k in adapters)
+    before = pretrainer.load(source)[0].state_dict()
+    after = pretrainer.load(full)[0].state_dict()  # a plain model: no peft needed to load it
+    adapted = {k for k in after if k.endswith(("attn.qkv.weight", "mlp.fc.weight"))}
+    body = [k for k in after if not k.startswith("head.") and k not in adapted]
+    assert len(adapted) == 4 and all(not torch.equal(after[k], before[k]) for k in adapted)
+    assert all(torch.equal(after[k], before[k]) for k in body)
+    assert pretrainer.predict(full, ["good fair brave the king", "bad foul hates the queen"]) == ["pos", "neg"]
+    assert_resume_is_exact(lambda r: pretrainer.finetune(config(), r, resume=True), full, tmp_path / "resumed", 20, 60)
+
+    with pytest.raises(ConfigError, match="finetune.lora_rank adapts a pretrained model"):
+        pretrainer.finetune(task_config(tiny, **{"finetune.lora_rank": 4}), tmp_path / "scratch")
+    typo = task_config(tiny, **{"finetune.source": source, "finetune.lora_rank": 4, "finetune.lora_targets": "[query]"})
+    with pytest.raises(ConfigError, match=r"names no layer of this model; its linear layers are named fc, .*qkv"):
+        pretrainer.finetune(typo, tmp_path / "typo")

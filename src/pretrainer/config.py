@@ -206,6 +206,12 @@ class FinetuneConfig:
     body_lr: float | None = None  # None: train.lr everywhere; else the body's (the head keeps train.lr)
     metric: str = "val_loss"  # the validation number that picks checkpoints/best: val_loss, or val_accuracy, ...
     patience: int = 0  # > 0: stop after this many evaluations without a better metric
+    eval_examples: int = 0  # > 0: evaluate on the validation split's first this many examples; 0: on all of them
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) and the head, the body frozen; merged on save
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "q", "kv", "attn.proj", "cross_attn.proj"])
+    # ^ the linear layers adapted, by name or dotted tail: all attention projections; add mlp.fc, mlp.proj for all
 
 
 @dataclass
@@ -475,6 +481,19 @@ def _check_task(config: Config) -> None:
         raise ConfigError(f"finetune.body_lr must be 0 or more (got {f.body_lr})")
     if f.patience < 0:
         raise ConfigError(f"finetune.patience must be 0 (never stop early) or more (got {f.patience})")
+    if f.eval_examples < 0:
+        raise ConfigError(
+            f"finetune.eval_examples must be 0 (the whole validation split) or more (got {f.eval_examples})"
+        )
+    if f.lora_rank < 0:
+        raise ConfigError(f"finetune.lora_rank must be 0 (no adapters) or more (got {f.lora_rank}); 8 is usual")
+    if f.lora_rank:
+        if not f.lora_alpha > 0:
+            raise ConfigError(f"finetune.lora_alpha must be positive (got {f.lora_alpha}); 2 x lora_rank is usual")
+        if not 0 <= f.lora_dropout < 1:
+            raise ConfigError(f"finetune.lora_dropout must be in [0, 1) (got {f.lora_dropout})")
+        if not f.lora_targets:
+            raise ConfigError("finetune.lora_targets is empty; name the linear layers to adapt (qkv, attn.proj, ...)")
     if not f.metric.startswith("val_"):
         raise ConfigError(f"finetune.metric={f.metric!r} is not a validation number (val_loss, val_accuracy, ...)")
 

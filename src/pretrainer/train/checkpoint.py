@@ -17,16 +17,17 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from tokenizers import Tokenizer
 
 from ..config import Config, from_yaml_text, to_yaml
 from ..data.tokenizer import unpadded
 from ..errors import CheckpointError, PretrainerError
 from ..files import atomic_dir, write_atomic
-from ..model import build_model
+from ..model import build_model, lora
 
 CHECKSUMS = "SHA256SUMS"
+ADAPTERS = "adapter.safetensors"  # a LoRA run's trained tensors; model.safetensors holds them merged
 
 
 def not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -43,7 +44,11 @@ def _sha256(path: Path) -> str:
 
 
 def write_model(folder: Path, model, config: Config, tokenizer: Tokenizer | None) -> None:
-    """The loadable part of a checkpoint: weights, config and tokenizer (then `seal` the folder)."""
+    """The loadable part of a checkpoint: weights, config and tokenizer (then `seal` the folder). A model with
+    LoRA adapters is saved merged, as a plain model, and its adapters apart (adapter.safetensors, to resume)."""
+    if lora.has_adapters(model):
+        save_file(lora.adapter_tensors(model), str(folder / ADAPTERS))
+        model = lora.merged(model)
     save_model(model, str(folder / "model.safetensors"))
     (folder / "config.yaml").write_text(to_yaml(config))
     if tokenizer is not None:
@@ -175,9 +180,8 @@ def read_config(ckpt: Path) -> Config:
         raise CheckpointError(f"'{path}' cannot be read as a config ({type(e).__name__}); restore it") from None
 
 
-def load_weights(model, ckpt: Path, device: str | torch.device = "cpu") -> None:
-    """Load `ckpt`'s weights into `model`: verified, without pickle, and refused unless every one is finite."""
-    path = Path(ckpt) / "model.safetensors"
+def _read_tensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file: verified, without pickle, and refused unless every tensor is finite."""
     verify(path)
     try:
         tensors = load_file(str(path), device=str(device))
@@ -189,6 +193,29 @@ def load_weights(model, ckpt: Path, device: str | torch.device = "cpu") -> None:
             f"'{path}' holds weights that are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
             "use another checkpoint"
         )
+    return tensors
+
+
+def load_adapters(model, ckpt: Path, device: str | torch.device = "cpu") -> None:
+    """Load the LoRA adapters and head `ckpt` saved into `model` (which has its body and adapters in place)."""
+    path = Path(ckpt) / ADAPTERS
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' is missing; without it a LoRA run cannot resume from {Path(ckpt).name}")
+    tensors = _read_tensors(path, device)
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    _, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = sorted(trained - tensors.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"'{path}' does not fit the run's adapters (missing {missing[:3]}, unexpected {unexpected[:3]}); resume "
+            "with the run's own config.yaml"
+        )
+
+
+def load_weights(model, ckpt: Path, device: str | torch.device = "cpu") -> None:
+    """Load `ckpt`'s weights into `model`: verified, without pickle, and refused unless every one is finite."""
+    path = Path(ckpt) / "model.safetensors"
+    tensors = _read_tensors(path, device)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # tied weights are stored once, under one of their names: the others are not missing
     names_of: dict[int, set[str]] = {}

@@ -30,7 +30,7 @@ from ..data.tasks import class_counts, load_splits
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
-from ..model import build_model
+from ..model import build_model, lora
 from ..scaling.flops import count_params, flops_per_token, peak_flops
 from . import checkpoint
 from .metrics import MetricsLog, plot_loss
@@ -112,7 +112,8 @@ def _check_resumable(saved: Config, config: Config) -> None:
         ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
         for key, value in theirs.items():
             unset_now = key in ("vocab_size", "n_labels", "labels", "prefix") and not ours[key]  # from the data
-            tuning = section == "finetune" and key != "source"  # these may change on resume, like train.*
+            # these may change on resume, like train.*; not the model's source nor its adapters
+            tuning = section == "finetune" and key != "source" and not key.startswith("lora_")
             if ours[key] != value and not unset_now and not tuning:
                 differences.append(f"{section}.{key} is {value!r} in the checkpoint but {ours[key]!r} now")
     if differences:
@@ -140,6 +141,14 @@ def _load_body(model: torch.nn.Module, pretrained: torch.nn.Module, source: str)
     lacking = [key for key in missing if not key.startswith("head.")]
     if lacking:
         raise CheckpointError(f"'{source}' lacks {', '.join(lacking[:3])}: it is not the body of this model")
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _split_summary(task, name: str, split, counts: dict[str, int], max_len: int) -> str:
@@ -220,9 +229,12 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)
-        if pretrained is not None and state is None:
-            _load_body(self.model, pretrained, config.finetune.source)
-        if config.finetune.freeze_body:
+        f = config.finetune
+        if pretrained is not None:  # a fresh run's start; a LoRA run's frozen body, on resume too
+            _load_body(self.model, pretrained, f.source)
+        if f.lora_rank:
+            lora.add_adapters(self.model, f.lora_rank, f.lora_alpha, f.lora_dropout, f.lora_targets)
+        elif f.freeze_body:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
         self.optimizer = make_optimizer(self.model, config)
@@ -232,7 +244,10 @@ class Trainer:
         # the loss summed over the steps since the last log row, kept on the device: read once per row
         self.loss_sum, self.window_steps = torch.zeros((), device=self.device), 0
         if state is not None:
-            checkpoint.load_weights(self.model, self.resumed_from, self.device)
+            if f.lora_rank:
+                checkpoint.load_adapters(self.model, self.resumed_from, self.device)
+            else:
+                checkpoint.load_weights(self.model, self.resumed_from, self.device)
             self.optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], self.device)
             self.step, self.sample, self.scores = state["step"], state["sample"], state.get("scores", {})
@@ -276,8 +291,13 @@ class Trainer:
         data section's tokenizer. Returns the source model whose body a fresh run starts from, or None."""
         config, source, pretrained = self.config, self.config.finetune.source, None
         self.shards = None
+        lora_rank = config.finetune.lora_rank
+        if lora_rank and source is None:
+            raise ConfigError("finetune.lora_rank adapts a pretrained model; give one with --from (finetune.source)")
         if self.resumed_from is not None:
             tokenizer = checkpoint.load_tokenizer(self.resumed_from)
+            if lora_rank:  # the frozen body is the source's; the checkpoint holds the adapters
+                pretrained, _, _ = load_any(source)
         elif source is not None:
             pretrained, tokenizer, notes = load_any(source)
             for note in notes:
@@ -300,10 +320,12 @@ class Trainer:
             "task_sha256": hashlib.sha256(repr(task.splits).encode()).hexdigest(),
             "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
         }
+        if lora_rank:  # a LoRA run resumes on its source's weights: they must not have changed
+            self.data["body_sha256"] = _tensors_sha256(pretrained.state_dict())
         if saved and saved != self.data:
             raise CheckpointError(
-                f"the task's examples or the tokenizer changed since {self.resumed_from.name} was saved; a resumed run "
-                "must see the data it was trained on: restore them, or start a new --run-dir"
+                f"the task's examples, the tokenizer or the source's weights changed since {self.resumed_from.name} "
+                "was saved; a resumed run must see the data it was trained on: restore them, or start a new --run-dir"
             )
         self.tokenizer, self.task, self.seq_len = tokenizer, task, config.task.max_len
         self.train_batches, self.val_batches = splits["train"], splits["validation"]
@@ -450,12 +472,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, bar=None) -> dict[str, float]:
         """The model's validation numbers (`eval_sums`) over the same `eval.batches` batches every time (fewer if
-        the validation split is small), or a task's whole validation split; logged as val_*, with val_ppl for a
-        language model's loss."""
+        the validation split is small), or a task's whole validation split (its first finetune.eval_examples);
+        logged as val_*, with val_ppl for a language model's loss."""
         self._stop_if_diverged()
         n = self.val_batches.per_epoch
+        if self.shards is None and self.config.finetune.eval_examples:
+            n = min(n, self.config.finetune.eval_examples)
         size = min(self.config.train.batch_size, n)
-        if self.shards is None:  # a task: every example once, in order
+        if self.shards is None:  # a task: every example once (or finetune.eval_examples), in order
             spans = [(first, min(size, n - first)) for first in range(0, n, size)]
         else:
             spans = [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]

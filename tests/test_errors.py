@@ -54,7 +54,9 @@ def resume(*overrides):
 
 
 def finetune(*flags, validation=True):
+    """A fine-tuning command line; `validation=None`: no task files (the flags name the task)."""
     files = "task.train={tmp}/train.csv" + (" task.validation={tmp}/validation.csv" if validation else "")
+    files = "" if validation is None else files
     return (
         f"finetune {RECIPE} --run-dir {{tmp}}/new "
         + " ".join(flags)
@@ -213,8 +215,8 @@ CASES = [
     # fine-tuning and evaluating on a task
     Case("fine-tuning with a pretraining recipe", f"finetune {RECIPE} --run-dir {{tmp}}/new TINY",
          "finetune needs a task recipe"),
-    Case("a T5 for a classification task", finetune("--from {tmp}/t5"),
-         "a classification task is for model.arch=encoder or decoder, not encoder_decoder", "t5_checkpoint"),
+    Case("a T5 for a regression task", finetune("--from {tmp}/t5 task.kind=regression"),
+         "a regression task is for model.arch=encoder or decoder, not encoder_decoder", "t5_checkpoint"),
     Case("a task without a validation split", finetune(validation=False), "the task has no validation split",
          files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n"}),
     Case("a task file that does not exist", f"finetune {RECIPE} --run-dir {{tmp}}/new TINY objective.name=task "
@@ -224,6 +226,14 @@ CASES = [
          files={"train.csv": "text,sentiment\nfine words,pos\n", "validation.csv": "text,sentiment\nmore,neg\n"}),
     Case("a validation label never seen in training", finetune(), "label 'meh' in the validation split is not in",
          files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n", "validation.csv": "text,label\nso,meh\n"}),
+    Case("a task mixture on a decoder", finetune('task.mixture=[{"name":"code-docstrings"}]', validation=None),
+         "task.mixture is for an encoder-decoder (T5), not model.arch=decoder"),
+    Case("a tagging task in a mixture",
+         finetune(*T5, 'task.mixture=[{"kind":"tagging","train":"x.jsonl"}]', validation=None),
+         "task.mixture[0] is a tagging task; a mixture takes text2text, classification and pair tasks"),
+    Case("two mixture tasks of one name",
+         finetune(*T5, 'task.mixture=[{"name":"code-docstrings"},{"name":"code-docstrings"}]', validation=None),
+         "task.mixture has two tasks named code-docstrings; tell them apart with task.prefix"),
     Case("LoRA without a pretrained model", finetune("finetune.lora_rank=4"),
          "finetune.lora_rank adapts a pretrained model; give one with --from", files=SENTIMENT),
     Case("LoRA on layers the model does not have",
@@ -323,8 +333,8 @@ def hf_folder(tmp, run, monkeypatch):
 
 
 def t5_checkpoint(tmp, run, monkeypatch):
-    (tmp / "train.csv").write_text("text,label\nfine words,pos\nbad words,neg\n")
-    (tmp / "validation.csv").write_text("text,label\nfair words,pos\n")
+    (tmp / "train.csv").write_text("text,label\nfine words,0.9\nbad words,0.1\n")
+    (tmp / "validation.csv").write_text("text,label\nfair words,0.7\n")
     config = pretrainer.load_config(None, ["model.arch=encoder_decoder", "model.positions=relative",
                                            "objective.name=span_corruption", "model.vocab_size=64", "model.n_layer=1",
                                            "model.d_model=32", "model.n_head=2"])  # fmt: skip

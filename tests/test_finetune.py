@@ -86,7 +86,7 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
 
     # the checkpoint of the last step gives the model the trainer ended with
     last, *_ = checkpoint.load(checkpoint.latest(run))
-    batch = trainer.val_batches.make(0, 8)
+    batch = trainer.val_splits[""].make(0, 8)
     trainer.model.eval()
     with torch.no_grad():
         assert torch.equal(trainer.model(**batch)[0], last(**batch)[0])
@@ -167,9 +167,11 @@ def test_sources_that_cannot_do_the_task(tiny, tmp_path):
     t5_run = tmp_path / "t5"
     t5 = tiny_overrides(tmp / "corpus", tmp / "data", **T5, **{"train.max_steps": 2})
     pretrainer.train(pretrainer.load_config(None, t5), t5_run)
-    with pytest.raises(ConfigError, match="a classification task is for model.arch=encoder or decoder, not "
+    with pytest.raises(ConfigError, match="a regression task is for model.arch=encoder or decoder, not "
                                           "encoder_decoder"):  # fmt: skip
-        pretrainer.finetune(task_config(tiny, **{"finetune.source": t5_run}), tmp_path / "run")
+        pretrainer.finetune(
+            task_config(tiny, **{"finetune.source": t5_run, "task.kind": "regression"}), tmp_path / "run"
+        )
     with pytest.raises(DataError, match="the task has no validation split"):
         pretrainer.finetune(task_config(tiny, **{"task.validation": "null"}), tmp_path / "run2")
     with pytest.raises(ConfigError, match="finetune needs a task recipe"):
@@ -231,3 +233,41 @@ def test_lora_trains_adapters_only_saves_them_merged_and_resumes_exactly(tiny, t
     typo = task_config(tiny, **{"finetune.source": source, "finetune.lora_rank": 4, "finetune.lora_targets": "[query]"})
     with pytest.raises(ConfigError, match=r"names no layer of this model; its linear layers are named fc, .*qkv"):
         pretrainer.finetune(typo, tmp_path / "typo")
+
+
+def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp_path):
+    """One T5 on two tasks at once, each example prefixed with its task: validation numbers per task, eval scores
+    each task as its kind (accuracy of the label names it writes, ROUGE), and the resume stays exact."""
+    tmp, _ = tiny
+    rng = random.Random(2)
+    for split, n in (("train", 200), ("validation", 20), ("test", 20)):
+        rows = [[rng.choice(WORDS) for _ in range(4)] for _ in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"input": " ".join(r), "target": r[0]}) + "\n" for r in rows)
+        )
+    t5 = {k: v for k, v in T5.items() if k != "objective.name"}
+    mixture = (f"[{{train: {tmp}/train.csv, validation: {tmp}/validation.csv, test: {tmp}/test.csv, prefix: 'mood: '}},"
+               f" {{kind: text2text, train: {tmp_path}/train.jsonl, validation: {tmp_path}/validation.jsonl,"
+               f" test: {tmp_path}/test.jsonl, prefix: 'first: '}}]")  # fmt: skip
+    overrides = tiny_overrides(tmp / "corpus", tmp / "data", **t5, **{
+        "objective.name": "task", "task.mixture": mixture, "task.mixing": "fixed", "task.max_target_len": 6,
+        "task.max_len": 24, "train.max_steps": 60, "train.eval_every": 20, "train.save_every": 20,
+        "train.keep_last": 5, "finetune.metric": "val_loss",
+    })  # fmt: skip
+    run = tmp_path / "run"
+    pretrainer.finetune(pretrainer.load_config(None, overrides), run)
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    assert {"val_loss_mood", "val_loss_first"} <= rows[-1].keys()
+    assert rows[-1]["val_loss_mood"] < rows[0]["val_loss_mood"] - 0.3
+    result = pretrainer.evaluate(run, "test")
+    assert set(result["tasks"]) == {"mood", "first"}
+    mood = result["tasks"]["mood"]
+    assert set(mood["scores"]) == {"accuracy", "macro_f1"} and mood["examples"] == 60
+    assert mood["no_class"] + sum(map(sum, mood["confusion"])) == 60  # each answer names a label, or none
+    assert set(result["tasks"]["first"]["scores"]) == {"rouge1", "rouge2", "rougeL"}
+    assert (run / "confusion-test-mood.png").is_file()
+    assert pretrainer.evaluate(run, "test", task_name="first")["tasks"].keys() == {"first"}
+    assert_resume_is_exact(
+        lambda r: pretrainer.finetune(pretrainer.load_config(None, overrides), r, resume=True),
+        run, tmp_path / "resumed", 20, 60,
+    )  # fmt: skip

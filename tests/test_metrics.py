@@ -49,7 +49,8 @@ def test_classification_matches_sklearn():
         ([], [], 2, DataError, "no examples"),
         ([0, 1], [0], 2, DataError, "2 references but 1 predictions"),
         ([0, 2], [0, 1], 2, DataError, "class id 2, outside 0..1"),
-        ([0, 1], [0, -1], 2, DataError, "class id -1"),
+        ([0, -1], [0, 1], 2, DataError, "class id -1, outside 0..1"),  # NO_CLASS is for predictions only
+        ([0, 1], [0, -2], 2, DataError, "class id -2, outside -1..1"),
         ([0.0, 1.0], [0, 1], 2, DataError, "must be class ids"),
         ([0], [0], 0, ConfigError, "n_labels must be at least 1"),
     ],
@@ -255,3 +256,14 @@ def test_task_scores_errors(kind, refs, preds, error, says):
     with pytest.raises(error, match=says) as info:
         metrics.task_scores(kind, refs, preds)
     assert "\n" not in str(info.value)
+
+
+def test_a_prediction_of_no_class_is_a_miss_of_its_true_class():
+    import sklearn.metrics
+
+    refs, preds = [0, 0, 1, 1, 2, 2, 2], [0, metrics.NO_CLASS, 1, 2, 2, metrics.NO_CLASS, 0]
+    assert metrics.accuracy(refs, preds) == pytest.approx(3 / 7)
+    expected = sklearn.metrics.f1_score(refs, preds, labels=[0, 1, 2], average="macro")
+    assert metrics.macro_f1(refs, preds, 3) == pytest.approx(expected)
+    matrix = metrics.confusion_matrix(refs, preds, 3)
+    assert matrix.sum() == 5 and matrix.sum(axis=1).tolist() == [1, 2, 2]

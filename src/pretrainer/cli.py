@@ -53,14 +53,27 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .eval.tasks import evaluate
+    from .eval.tasks import baseline, evaluate
     from .train.trainer import resolve_device
 
-    result = evaluate(args.run, args.split, args.task, resolve_device(args.device))
-    print(f"{result['task']} {result['split']} ({result['examples']:,} examples; {result['checkpoint']}):")
-    for name, value in result["scores"].items():
-        print(f"  {name:12} {value:.4f}")
-    print(f"written: {Path(args.run) / ('eval-' + args.split + '.json')}")
+    if args.baseline is not None:
+        if args.run is not None or args.task is None:
+            raise ConfigError("--baseline scores no run: give --task NAME (a built-in task) and no RUN")
+        result = baseline(args.baseline, args.task, args.split)
+        print(f"{args.baseline} baseline (answer: {result['answer']}):")
+    elif args.run is None:
+        raise ConfigError("eval needs a fine-tuned RUN (or --baseline NAME --task NAME)")
+    else:
+        result = evaluate(args.run, args.split, args.task, resolve_device(args.device))
+        print(f"{result['checkpoint']}:")
+    for scored in result["tasks"].values() if "tasks" in result else [result]:
+        print(f"{scored['task']} {scored['split']} ({scored['examples']:,} examples):")
+        for name, value in scored["scores"].items():
+            print(f"  {name:12} {value:.4f}")
+        if scored.get("no_class"):
+            print(f"  ({scored['no_class']:,} generated answers name no label: counted wrong)")
+    if args.run is not None:
+        print(f"written: {Path(args.run) / ('eval-' + args.split + '.json')}")
 
 
 def cmd_generate(args) -> None:
@@ -140,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval", help="score a fine-tuned run on a split of its task (accuracy, F1, ROUGE, ...)")
-    p.add_argument("run", help="a fine-tuned run folder (its best checkpoint) or a checkpoint folder")
+    p.add_argument("run", nargs="?", help="a fine-tuned run folder (its best checkpoint) or a checkpoint folder")
     p.add_argument("--split", default="test", help="train, validation or test (default test)")
-    p.add_argument("--task", help="a built-in task to score on instead of the run's own")
+    p.add_argument("--task", help="a built-in task to score on instead of the run's own (a mixture's: one of them)")
+    p.add_argument("--baseline", help="score a model-free answer on --task instead: majority | first-line")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 

@@ -196,6 +196,13 @@ class TaskConfig:
     max_len: int = 128  # tokens of input; longer inputs are truncated, counted and reported
     max_target_len: int = 64  # text2text: tokens of target
     labels: list[str] = field(default_factory=list)  # class (or tag) names in head order; empty: from training data
+    # A mixture (encoder-decoder only): text-to-text tasks trained together, each a built-in name or files with
+    # its kind (text2text, or classification/pair answered as label names), columns and prefix; max_len and
+    # max_target_len above apply to all. Each example is drawn from task i at rate_i, so a minibatch mixes tasks.
+    mixture: list[TaskConfig] = field(default_factory=list)
+    mixing: str = "proportional"  # rate_i proportional to n_i (training examples), to n_i^(1/T), or to weight_i
+    mixing_temperature: float = 2.0  # T of mixing=temperature
+    weight: float = 1.0  # a mixture member's weight under mixing=fixed
 
 
 @dataclass
@@ -236,9 +243,9 @@ TASK_FIELDS = {
     "text2text": ("input", "target", "task"),  # task: optional, a per-row prefix
 }
 TASK_BUILTINS = {"tweets-sentiment": "classification", "code-docstrings": "text2text"}
-TASK_ARCHS = {
-    "classification": ("encoder", "decoder"),
-    "pair": ("encoder", "decoder"),
+TASK_ARCHS = {  # an encoder-decoder answers a classification as text: the label's name is its target
+    "classification": ("encoder", "decoder", "encoder_decoder"),
+    "pair": ("encoder", "decoder", "encoder_decoder"),
     "regression": ("encoder", "decoder"),
     "tagging": ("encoder",),
     "qa": ("encoder",),
@@ -260,7 +267,8 @@ _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
     ("train", "precision"): ("fp32", "bf16"),
 }
-# the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text
+MIXING = ("proportional", "temperature", "fixed")
+# the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text (its LM head)
 HEAD_OF_TASK = {
     "classification": "sequence",
     "pair": "sequence",
@@ -414,10 +422,46 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.device='{t.device}' is not one of auto, cpu, cuda, cuda:N")
 
 
-def _check_task(config: Config) -> None:
-    """A fine-tuning run (objective.name=task): the task section's rules, and the head the task puts on the model
-    (model.head follows the task, as a built-in task's kind is its own)."""
-    k, default_kind = config.task, TaskConfig.kind
+def _check_mixture(config: Config) -> None:
+    """task.mixture's rules: an encoder-decoder, members that are text-to-text tasks (or classifications answered
+    as text), told apart by name, and rates that can be drawn from."""
+    k = config.task
+    if config.model.arch != "encoder_decoder":
+        raise ConfigError(f"task.mixture is for an encoder-decoder (T5), not model.arch={config.model.arch}")
+    given = [f"task.{key}" for key in ("name", "train", "validation", "test", "columns", "labels") if getattr(k, key)]
+    if given:
+        raise ConfigError(f"with task.mixture the tasks are its members: move {', '.join(given)} into one of them")
+    if k.mixing not in MIXING:
+        raise ConfigError(f"task.mixing='{k.mixing}' is not one of {', '.join(MIXING)}")
+    if not k.mixing_temperature > 0:
+        raise ConfigError(f"task.mixing_temperature must be positive (got {k.mixing_temperature}); T5 used 2")
+    names = []
+    for i, member in enumerate(k.mixture):
+        where = f"task.mixture[{i}]"
+        if member.mixture:
+            raise ConfigError(f"{where} is a mixture itself; list its tasks in task.mixture instead")
+        if not member.weight > 0:
+            raise ConfigError(f"{where}.weight must be positive (got {member.weight})")
+        try:
+            kind = _check_task_source(member)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if kind not in ("text2text", "classification", "pair"):
+            raise ConfigError(f"{where} is a {kind} task; a mixture takes text2text, classification and pair tasks")
+        names.append(mixture_name(member))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"task.mixture has two tasks named {repeated[0]}; tell them apart with task.prefix")
+
+
+def mixture_name(member: TaskConfig) -> str:
+    """What a mixture member is called in scores and logs: its built-in name, its prefix, or its file's name."""
+    return member.name or member.prefix.strip().rstrip(":") or os.path.splitext(os.path.basename(member.train))[0]
+
+
+def _check_task_source(k: TaskConfig) -> str:
+    """The rules of where a task's examples come from (a built-in or files, columns, labels); returns its kind."""
+    default_kind = TaskConfig.kind
     if k.kind not in TASK_FIELDS:
         raise ConfigError(f"task.kind='{k.kind}' is not one of {', '.join(TASK_FIELDS)}")
     kind = k.kind
@@ -445,8 +489,6 @@ def _check_task(config: Config) -> None:
             raise ConfigError(
                 f"task.columns.{f}: a {kind} task has no field '{f}'; its fields are {', '.join(TASK_FIELDS[kind])}"
             )
-    _check_positive("task.max_len", k.max_len)
-    _check_positive("task.max_target_len", k.max_target_len)
     if k.labels:
         if kind not in ("classification", "pair", "tagging"):
             raise ConfigError(f"task.labels is for classification, pair and tagging tasks, not {kind}; drop it")
@@ -455,6 +497,20 @@ def _check_task(config: Config) -> None:
             raise ConfigError(f"task.labels names {', '.join(repeated)} more than once; each class once")
     if k.name is None and k.train is None:
         raise ConfigError("objective.name=task needs task.name (tweets-sentiment, code-docstrings) or task.train")
+    return kind
+
+
+def _check_task(config: Config) -> None:
+    """A fine-tuning run (objective.name=task): the task section's rules, and the head the task puts on the model
+    (model.head follows the task, as a built-in task's kind is its own)."""
+    k = config.task
+    _check_positive("task.max_len", k.max_len)
+    _check_positive("task.max_target_len", k.max_target_len)
+    if k.mixture:
+        _check_mixture(config)
+        kind = k.kind = "text2text"
+    else:
+        kind = _check_task_source(k)
     arch = config.model.arch
     if arch not in TASK_ARCHS[kind]:
         raise ConfigError(
@@ -465,14 +521,14 @@ def _check_task(config: Config) -> None:
         raise ConfigError(
             f"task.max_len={k.max_len} is too short for a {kind} task on a {arch}; use at least {shortest}"
         )
-    if kind == "text2text" and k.max_target_len < 2:
+    if arch == "encoder_decoder" and k.max_target_len < 2:
         raise ConfigError(f"task.max_target_len={k.max_target_len} leaves no room for a target before </s>; use 2+")
     if k.max_len > config.model.max_seq_len:
         raise ConfigError(
             f"task.max_len={k.max_len} is larger than the model's positions (model.max_seq_len="
             f"{config.model.max_seq_len}); lower task.max_len or raise model.max_seq_len"
         )
-    head = HEAD_OF_TASK[kind]  # TASK_ARCHS leaves an encoder-decoder only text2text, whose head is its LM head
+    head = "lm" if arch == "encoder_decoder" else HEAD_OF_TASK[kind]
     if config.model.head != head:
         n_labels = config.model.n_labels if head in ("sequence", "token") else 0
         config.model = dataclasses.replace(config.model, head=head, n_labels=n_labels)

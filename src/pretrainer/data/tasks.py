@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from ..config import TASK_ARCHS, TASK_BUILTINS, TASK_FIELDS, Config, TaskConfig
+from ..config import TASK_ARCHS, TASK_BUILTINS, TASK_FIELDS, Config, TaskConfig, mixture_name
 from ..errors import ConfigError, DataError
 from ..files import atomic_dir
 from .sources import cache_dir, fetch_package, read_jsonl, read_text
@@ -39,8 +39,10 @@ from .tokenizer import eos_id
 
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label of positions without a loss (PyTorch's cross-entropy ignore_index)
-# The epoch order of a task's training examples draws from (seed, this tag, epoch); shards.py uses 1 and 2.
+# The epoch order of a task's training examples draws from (seed, this tag, epoch), a mixture's choice of task
+# from (seed, _MIXTURE_STREAM, block); shards.py uses 1 and 2.
 _TASK_EPOCH_STREAM = 3
+_MIXTURE_STREAM = 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -606,6 +608,9 @@ class _Encoder:
             return self.qa(ex)
         if kind == "text2text":
             return self.text2text(ex)
+        if self.arch == "encoder_decoder":  # a class as text: its name is the target
+            text = ex.text if ex.text_b is None else f"sentence1: {ex.text} sentence2: {ex.text_b}"
+            return self.text2text(Text2TextExample(text, str(ex.label)))
         return self.classification(ex)
 
     def classification(self, ex: Example) -> dict:
@@ -724,6 +729,86 @@ def encode_task(
 
 def load_splits(config: Config, tokenizer: Tokenizer) -> tuple[Task, dict[str, TaskSplit]]:
     """The task of `config.task`, encoded for `config.model` with the training order drawn from train.seed."""
-    task, t, m = load_task(config.task), config.task, config.model
+    return _load_encoded(config.task, config, tokenizer)
+
+
+def _load_encoded(cfg: TaskConfig, config: Config, tokenizer: Tokenizer, mixed: bool = False):
+    task, t, m = load_task(cfg), config.task, config.model
+    if mixed:
+        task.name = mixture_name(cfg)
+    if m.arch == "encoder_decoder" and not task.prefix and (mixed or task.kind != "text2text"):
+        task.prefix = f"{task.name}: "  # what is asked: a class as text, or one task of several
     splits = encode_task(task, tokenizer, m.arch, t.max_len, t.max_target_len, m.decoder_start_id, config.train.seed)
     return task, splits
+
+
+def load_mixture(config: Config, tokenizer: Tokenizer) -> dict[str, tuple[Task, dict[str, TaskSplit]]]:
+    """Each task of `config.task.mixture` by its name (`mixture_name`), encoded like `load_splits`; one without a
+    prefix gets "NAME: ", so that the model can tell the tasks apart."""
+    tasks = {}
+    for member in config.task.mixture:
+        task, splits = _load_encoded(member, config, tokenizer, mixed=True)
+        tasks[task.name] = task, splits
+    return tasks
+
+
+def mixture_rates(sizes: list[int], mixing: str, temperature: float = 2.0, weights: list[float] | None = None):
+    """The rate at which each task of a mixture is drawn (they sum to 1): proportional to its training examples
+    n_i, to n_i^(1/temperature) (T5's temperature-scaled mixing: T > 1 lifts the small tasks), or to `weights`."""
+    if mixing == "proportional":
+        raw = np.asarray(sizes, dtype=np.float64)
+    elif mixing == "temperature":
+        raw = np.asarray(sizes, dtype=np.float64) ** (1.0 / temperature)
+    else:
+        raw = np.asarray(weights, dtype=np.float64)
+    return raw / raw.sum()
+
+
+class MixtureSplit:
+    """The training stream of a task mixture. Example i of the stream comes from task t with probability rates[t],
+    drawn for each example on its own (so a minibatch mixes tasks), and is that task's next example in its own
+    shuffled order (each task's epochs stay whole). The draws come in blocks of BLOCK from (seed,
+    _MIXTURE_STREAM, block), so `make(first, size)` is a pure function of (first, size), as for TaskSplit."""
+
+    BLOCK = 4096
+
+    def __init__(self, splits: list[TaskSplit], rates, seed: int):
+        self.splits, self.rates, self.seed = splits, np.asarray(rates, dtype=np.float64), seed
+        self.per_epoch = sum(s.per_epoch for s in splits)
+        self.tokens_per_example = float(sum(r * s.tokens_per_example for r, s in zip(self.rates, splits, strict=True)))
+        self.pad_id = splits[0].pad_id
+        self._starts = [np.zeros(len(splits), dtype=np.int64)]  # per block: each task's draws before it
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block b's draws: the task of each position, and its place in that task's stream."""
+        if b not in self._blocks:
+            if len(self._blocks) > 2:
+                self._blocks.clear()
+            rng = np.random.default_rng([self.seed, _MIXTURE_STREAM, b])
+            tasks = rng.choice(len(self.splits), size=self.BLOCK, p=self.rates)
+            while len(self._starts) <= b:  # the counts before block b need every block before it
+                done = len(self._starts) - 1
+                earlier = tasks if done == b else self._block(done)[0]
+                self._starts.append(self._starts[done] + np.bincount(earlier, minlength=len(self.splits)))
+            places = np.empty(self.BLOCK, dtype=np.int64)
+            for t in range(len(self.splits)):
+                mine = tasks == t
+                places[mine] = self._starts[b][t] + np.arange(mine.sum())
+            self._blocks[b] = tasks, places
+        return self._blocks[b]
+
+    def draws(self, first: int, size: int) -> list[tuple[int, int]]:
+        """(task, place in its stream) of examples first .. first+size-1."""
+        out = []
+        for i in range(first, first + size):
+            tasks, places = self._block(i // self.BLOCK)
+            out.append((int(tasks[i % self.BLOCK]), int(places[i % self.BLOCK])))
+        return out
+
+    def make(self, first: int, size: int) -> dict[str, torch.Tensor]:
+        rows = []
+        for t, place in self.draws(first, size):
+            split = self.splits[t]
+            rows.append(split.encoded[split.indices(place, 1)[0]])
+        return collate(rows, self.pad_id)

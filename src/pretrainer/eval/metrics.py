@@ -44,26 +44,32 @@ def _check_pair(refs: Sequence, preds: Sequence) -> None:
 # ---------------------------------------------------------------------------------------------- classification
 
 
+NO_CLASS = -1  # a prediction that names no class (a T5's generated text that is no label's name)
+
+
 def _labels(values: Sequence[int], n_labels: int, what: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise DataError(
             f"{what} must be class ids (integers), one per example (got {array.dtype} of shape {array.shape})"
         )
-    bad = array[(array < 0) | (array >= n_labels)]
+    lowest = NO_CLASS if what == "predictions" else 0
+    bad = array[(array < lowest) | (array >= n_labels)]
     if bad.size:
-        raise DataError(f"{what} hold class id {bad[0]}, outside 0..{n_labels - 1} for {n_labels} labels")
+        raise DataError(f"{what} hold class id {bad[0]}, outside {lowest}..{n_labels - 1} for {n_labels} labels")
     return array
 
 
 def confusion_matrix(refs: Sequence[int], preds: Sequence[int], n_labels: int) -> np.ndarray:
     """Counts of examples of true class i (row) predicted as class j (column): an (n_labels, n_labels) int64
-    array."""
+    array. Predictions of NO_CLASS have no column: their row sums fall short of the class's examples."""
     if n_labels < 1:
         raise ConfigError(f"n_labels must be at least 1 (got {n_labels})")
     _check_pair(refs, preds)
     true, pred = _labels(refs, n_labels, "references"), _labels(preds, n_labels, "predictions")
-    return np.bincount(true * n_labels + pred, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+    named = pred != NO_CLASS
+    cells = true[named] * n_labels + pred[named]
+    return np.bincount(cells, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
 
 
 def accuracy(refs: Sequence[int], preds: Sequence[int]) -> float:
@@ -75,10 +81,11 @@ def accuracy(refs: Sequence[int], preds: Sequence[int]) -> float:
 def macro_f1(refs: Sequence[int], preds: Sequence[int], n_labels: int) -> float:
     """Per-class F1 = 2·TP / (2·TP + FP + FN), averaged with equal weight over the classes that occur in `refs`
     or `preds` (a fraction). A class that never occurs has no F1 and is left out, as in scikit-learn's
-    `f1_score(average="macro")`; a class only predicted, or only true, counts as 0."""
+    `f1_score(average="macro")`; a class only predicted, or only true, counts as 0. A NO_CLASS prediction is a
+    miss of its true class and a false alarm of none."""
     matrix = confusion_matrix(refs, preds, n_labels)
     tp = np.diag(matrix)
-    true, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    true, predicted = np.bincount(np.asarray(refs), minlength=n_labels), matrix.sum(axis=0)  # NO_CLASS: a miss
     present = (true + predicted) > 0
     return float(np.mean(2 * tp[present] / (true + predicted)[present]))
 

@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..data.tasks import Example, TaggingExample, Task, Text2TextExample, encode_task, load_splits
+from ..config import Config, TaskConfig
+from ..data.tasks import (
+    Example,
+    TaggingExample,
+    Task,
+    Text2TextExample,
+    encode_task,
+    load_mixture,
+    load_splits,
+    load_task,
+)
 from ..data.tokenizer import eos_id
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..files import write_atomic
 from ..model.generate import generate
 from ..train import checkpoint
-from .metrics import confusion_matrix, plot_confusion, task_scores
+from .metrics import NO_CLASS, confusion_matrix, plot_confusion, task_scores
 
 _LABELS = ("labels", "start_positions", "end_positions", "targets", "decoder_input_ids", "decoder_padding_mask")
 MAX_ANSWER_TOKENS = 30  # the longest answer span considered, as in SQuAD's reference implementation
@@ -42,18 +52,22 @@ def load_finetuned(run: str | Path, device: str | torch.device = "cpu"):
 
 @torch.no_grad()
 def predict_split(model, tokenizer, split, task: Task, config: Config, batch_size: int = 32) -> list:
-    """The model's prediction for every example of `split` (a TaskSplit), in order: a label id (classification),
-    a number (regression), a tag name per word (tagging), an answer text (qa), or a text (text2text)."""
+    """The model's prediction for every example of `split` (a TaskSplit), in order: a label id (classification;
+    a T5's generated text names one, or is NO_CLASS), a number (regression), a tag name per word (tagging), an
+    answer text (qa), or a text (text2text)."""
     device = next(model.parameters()).device
     eos = eos_id(tokenizer)
     predictions = []
     for first in range(0, split.per_epoch, batch_size):
         rows = min(batch_size, split.per_epoch - first)
         batch = {k: v.to(device) for k, v in split.make(first, rows).items() if k not in _LABELS}
-        if task.kind == "text2text":
+        if config.model.arch == "encoder_decoder":
             out = generate(model, batch["input_ids"], config.task.max_target_len, temperature=0,
                            padding_mask=batch["padding_mask"], stop_ids=[eos])  # fmt: skip
-            predictions += [_text(tokenizer, row[1:], eos) for row in out.tolist()]
+            texts = [_text(tokenizer, row[1:], eos) for row in out.tolist()]
+            if task.kind != "text2text":  # a class as text: the label it names, or none
+                texts = [task.labels.index(t.strip()) if t.strip() in task.labels else NO_CLASS for t in texts]
+            predictions += texts
             continue
         logits, _ = model(**batch)
         for row, index in enumerate(split.indices(first, rows)):
@@ -106,38 +120,88 @@ def references(task: Task, split) -> list:
 
 
 def evaluate(run: str | Path, split: str = "test", task_name: str | None = None, device="cpu", batch_size=32) -> dict:
-    """Score a fine-tuned run on a split of its task (or of the built-in task `task_name`); writes
-    RUN/eval-SPLIT.json, and RUN/confusion-SPLIT.png for classification. Returns the JSON's content."""
+    """Score a fine-tuned run on a split of its task (or of the built-in task `task_name`; for a mixture, of each
+    of its tasks, or the one named); writes RUN/eval-SPLIT.json, and RUN/confusion-SPLIT[-TASK].png for
+    classification. Returns the JSON's content: for a mixture, each task's under "tasks"."""
     model, tokenizer, config, ckpt = load_finetuned(run, device)
-    if task_name is not None:
-        config.task = dataclasses.replace(config.task, name=task_name, train=None, validation=None, test=None)
-    task, splits = load_splits(config, tokenizer)
+    out = Path(run) if (Path(run) / "checkpoints").is_dir() else ckpt
+    if config.task.mixture:
+        tasks = load_mixture(config, tokenizer)
+        if task_name is not None:
+            if task_name not in tasks:
+                raise DataError(f"the mixture has no task {task_name}; its tasks are {', '.join(tasks)}")
+            tasks = {task_name: tasks[task_name]}
+        scored = {name: _score(model, tokenizer, config, task, splits, split, out, batch_size, f"-{name}")
+                  for name, (task, splits) in tasks.items()}  # fmt: skip
+        result = {"task": "mixture", "split": split, "checkpoint": str(ckpt), "tasks": scored}
+    else:
+        if task_name is not None:
+            config.task = dataclasses.replace(config.task, name=task_name, train=None, validation=None, test=None)
+        task, splits = load_splits(config, tokenizer)
+        result = {"checkpoint": str(ckpt), **_score(model, tokenizer, config, task, splits, split, out, batch_size)}
+    write_atomic(out / f"eval-{split}.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _score(model, tokenizer, config: Config, task: Task, splits: dict, split: str, out: Path, batch_size: int,
+           suffix: str = "") -> dict:  # fmt: skip
+    """One task's scores on one split, and its confusion-matrix PNG (classification) in `out`."""
     if split not in splits:
         raise DataError(f"the task {task.name} has no {split} split (it has {', '.join(splits)}); pick one of those")
     data = splits[split]
     predictions, refs = predict_split(model, tokenizer, data, task, config, batch_size), references(task, data)
-    scores = task_scores(task.kind, refs, predictions, n_labels=len(task.labels) or None)
     result = {
         "task": task.name,
         "kind": task.kind,
         "split": split,
-        "checkpoint": str(ckpt),
         "examples": data.per_epoch,
         "truncated": data.truncated,
-        "scores": scores,
+        "scores": task_scores(task.kind, refs, predictions, n_labels=len(task.labels) or None),
     }
-    out = Path(run) if (Path(run) / "checkpoints").is_dir() else ckpt
-    write_atomic(out / f"eval-{split}.json", json.dumps(result, indent=1) + "\n")
     if task.kind in ("classification", "pair"):
+        if config.model.arch == "encoder_decoder":
+            result["no_class"] = predictions.count(NO_CLASS)  # generated texts that name no label: wrong
         matrix = confusion_matrix(refs, predictions, len(task.labels))
-        plot_confusion(matrix, task.labels, out / f"confusion-{split}.png")
+        plot_confusion(matrix, task.labels, out / f"confusion-{split}{suffix}.png")
         result["confusion"] = matrix.tolist()
     return result
 
 
+BASELINES = {"majority": ("classification", "pair"), "first-line": ("text2text",)}
+
+
+def baseline(name: str, task_name: str, split: str = "test") -> dict:
+    """The score of a model-free answer on a split of a built-in task, the floor a fine-tuned model must clear:
+    `majority` answers every example with the training split's most common class; `first-line` answers a
+    text-to-text task with the first line of its input (for code-docstrings, the function's `def` line)."""
+    if name not in BASELINES:
+        raise ConfigError(f"--baseline {name} is not one of {', '.join(BASELINES)}")
+    task = load_task(TaskConfig(name=task_name))
+    if task.kind not in BASELINES[name]:
+        raise ConfigError(
+            f"the {name} baseline is for {' and '.join(BASELINES[name])} tasks; {task_name} is {task.kind}"
+        )
+    if split not in task.splits:
+        raise DataError(
+            f"the task {task.name} has no {split} split (it has {', '.join(task.splits)}); pick one of those"
+        )
+    examples = task.splits[split]
+    if name == "majority":
+        common = Counter(ex.label for ex in task.splits["train"]).most_common(1)[0][0]
+        refs = [task.labels.index(ex.label) for ex in examples]
+        predictions, answer = [task.labels.index(common)] * len(examples), common
+    else:
+        refs = [ex.target for ex in examples]
+        predictions, answer = [ex.input.strip().splitlines()[0] for ex in examples], "the input's first line"
+    scores = task_scores(task.kind, refs, predictions, n_labels=len(task.labels) or None)
+    return {"task": task.name, "kind": task.kind, "split": split, "examples": len(examples), "baseline": name,
+            "answer": answer, "scores": scores}  # fmt: skip
+
+
 def predict(run: str | Path, inputs: list, device="cpu", batch_size: int = 32) -> list:
     """Predictions of a fine-tuned run for new inputs: texts (classification, regression, text2text), (text_a,
-    text_b) pairs, or word lists (tagging); label names, numbers, texts or tag lists back."""
+    text_b) pairs, or word lists (tagging); label names, numbers, texts or tag lists back. A mixture's inputs
+    start with their task's prefix ("code-docstrings: def f(x): ...")."""
     model, tokenizer, config, _ = load_finetuned(run, device)
     kind, labels = config.task.kind, config.task.labels
     placeholder = labels[0] if labels else 0.0  # new inputs have no label; encoding wants one, prediction not
@@ -153,4 +217,6 @@ def predict(run: str | Path, inputs: list, device="cpu", batch_size: int = 32) -
     split = encode_task(task, tokenizer, config.model.arch, config.task.max_len, config.task.max_target_len,
                         config.model.decoder_start_id, seed=None)["test"]  # fmt: skip
     predictions = predict_split(model, tokenizer, split, task, config, batch_size)
-    return [labels[p] for p in predictions] if kind in ("classification", "pair") else predictions
+    if kind in ("classification", "pair"):  # a T5's text that names no label is None
+        return [None if p == NO_CLASS else labels[p] for p in predictions]
+    return predictions

@@ -26,7 +26,7 @@ from ..config import DEVICES, Config, ModelConfig, to_yaml, validate
 from ..convert import load_any
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, PretrainingBatches, Shards, TokenWindows, data_record, prepare
-from ..data.tasks import class_counts, load_splits
+from ..data.tasks import MixtureSplit, class_counts, load_mixture, load_splits, mixture_rates
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..eval.metrics import perplexity
 from ..files import write_atomic
@@ -110,6 +110,9 @@ def _check_resumable(saved: Config, config: Config) -> None:
     differences = []
     for section in sections:
         ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
+        if section == "task" and len(ours["mixture"]) == len(theirs["mixture"]):
+            for now, then in zip(ours["mixture"], theirs["mixture"], strict=True):
+                now.update({key: then[key] for key in ("labels", "prefix") if not now[key]})  # from the data
         for key, value in theirs.items():
             unset_now = key in ("vocab_size", "n_labels", "labels", "prefix") and not ours[key]  # from the data
             # these may change on resume, like train.*; not the model's source nor its adapters
@@ -283,7 +286,7 @@ class Trainer:
             for split, seed in (("train", t.seed), ("val", t.seed + 1))
         }
         self.train_batches = PretrainingBatches(objective, windows["train"], t.seed)
-        self.val_batches = PretrainingBatches(objective, windows["val"], t.seed + 1)
+        self.val_splits = {"": PretrainingBatches(objective, windows["val"], t.seed + 1)}
 
     def _prepare_task(self, saved: dict | None) -> torch.nn.Module | None:
         """The task's splits and the tokenizer and model config they go with: the run's own when resuming; else the
@@ -310,14 +313,26 @@ class Trainer:
             _set_vocab_size(config.model, shards.manifest["vocab_size"])
         if tokenizer is None:
             raise CheckpointError(f"'{source}' has no tokenizer.json; fine-tuning needs the one it was trained with")
-        task, splits = load_splits(config, tokenizer)
-        if "validation" not in splits:
-            raise DataError("the task has no validation split, which picks the best checkpoint; set task.validation")
-        if config.model.head in ("sequence", "token"):
-            config.model.n_labels = 1 if task.kind == "regression" else len(task.labels)
-        config.task.labels, config.task.prefix = list(task.labels), task.prefix  # saved with the checkpoint
+        if config.task.mixture:
+            tasks = load_mixture(config, tokenizer)
+            for member, (task, _) in zip(config.task.mixture, tasks.values(), strict=True):
+                member.labels, member.prefix = list(task.labels), task.prefix  # saved with the checkpoint
+            examples = repr([task.splits for task, _ in tasks.values()])
+        else:
+            task, splits = load_splits(config, tokenizer)
+            tasks = {"": (task, splits)}
+            if config.model.head in ("sequence", "token"):
+                config.model.n_labels = 1 if task.kind == "regression" else len(task.labels)
+            config.task.labels, config.task.prefix = list(task.labels), task.prefix  # saved with the checkpoint
+            examples = repr(task.splits)
+        for name, (_, splits) in tasks.items():
+            if "validation" not in splits:
+                which = f"the task {name}" if name else "the task"
+                raise DataError(
+                    f"{which} has no validation split, which picks the best checkpoint; set task.validation"
+                )
         self.data = {
-            "task_sha256": hashlib.sha256(repr(task.splits).encode()).hexdigest(),
+            "task_sha256": hashlib.sha256(examples.encode()).hexdigest(),
             "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
         }
         if lora_rank:  # a LoRA run resumes on its source's weights: they must not have changed
@@ -327,13 +342,27 @@ class Trainer:
                 f"the task's examples, the tokenizer or the source's weights changed since {self.resumed_from.name} "
                 "was saved; a resumed run must see the data it was trained on: restore them, or start a new --run-dir"
             )
-        self.tokenizer, self.task, self.seq_len = tokenizer, task, config.task.max_len
-        self.train_batches, self.val_batches = splits["train"], splits["validation"]
-        counts = class_counts(task)
-        self.summary = [
-            _split_summary(task, name, split, counts.get(name, {}), config.task.max_len)
-            for name, split in splits.items()
-        ]
+        self.tokenizer, self.seq_len = tokenizer, config.task.max_len
+        self.val_splits = {name: splits["validation"] for name, (_, splits) in tasks.items()}
+        self.summary = []
+        for task, splits in tasks.values():
+            counts = class_counts(task)
+            self.summary += [
+                _split_summary(task, name, split, counts.get(name, {}), config.task.max_len)
+                for name, split in splits.items()
+            ]
+        if config.task.mixture:
+            k = config.task
+            sizes = [splits["train"].per_epoch for _, splits in tasks.values()]
+            rates = mixture_rates(sizes, k.mixing, k.mixing_temperature, [m.weight for m in k.mixture])
+            self.train_batches = MixtureSplit(
+                [splits["train"] for _, splits in tasks.values()], rates, config.train.seed
+            )
+            how = {"proportional": "proportional to size", "temperature": f"temperature {k.mixing_temperature:g}"}
+            shares = ", ".join(f"{name} {rate:.1%}" for name, rate in zip(tasks, rates, strict=True))
+            self.summary.append(f"mixture ({how.get(k.mixing, 'fixed weights')}): {shares} of training examples")
+        else:
+            self.train_batches = tasks[""][1]["train"]
         return pretrained
 
     def _resume_point(self, resume: bool) -> tuple[Path | None, dict | None]:
@@ -356,7 +385,7 @@ class Trainer:
         _check_resumable(saved, self.config)
         if self.config.objective.name == "task":  # the model is the run's own: its source's, with the task's head
             self.config.model, self.config.task.labels = saved.model, saved.task.labels
-            self.config.task.prefix = saved.task.prefix
+            self.config.task.prefix, self.config.task.mixture = saved.task.prefix, saved.task.mixture
         state = checkpoint.load_state(ckpt)
         if state["step"] > self.config.train.max_steps:
             raise CheckpointError(
@@ -469,30 +498,34 @@ class Trainer:
         self.loss_sum.zero_()
         self.window_start, self.window_steps = time.perf_counter(), 0
 
-    @torch.no_grad()
-    def evaluate(self, bar=None) -> dict[str, float]:
-        """The model's validation numbers (`eval_sums`) over the same `eval.batches` batches every time (fewer if
-        the validation split is small), or a task's whole validation split (its first finetune.eval_examples);
-        logged as val_*, with val_ppl for a language model's loss."""
-        self._stop_if_diverged()
-        n = self.val_batches.per_epoch
+    def _eval_spans(self, split) -> list[tuple[int, int]]:
+        """The (first, size) batches of one evaluation: the same `eval.batches` every time (fewer if the split is
+        small), or for a task every example once in order (its first finetune.eval_examples)."""
+        n = split.per_epoch
         if self.shards is None and self.config.finetune.eval_examples:
             n = min(n, self.config.finetune.eval_examples)
         size = min(self.config.train.batch_size, n)
-        if self.shards is None:  # a task: every example once (or finetune.eval_examples), in order
-            spans = [(first, min(size, n - first)) for first in range(0, n, size)]
-        else:
-            spans = [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]
+        if self.shards is None:
+            return [(first, min(size, n - first)) for first in range(0, n, size)]
+        return [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]
+
+    @torch.no_grad()
+    def evaluate(self, bar=None) -> dict[str, float]:
+        """The model's validation numbers (`eval_sums`) over `_eval_spans`, logged as val_*, with val_ppl for a
+        language model's loss; a mixture's also per task (val_loss_NAME, ...)."""
+        self._stop_if_diverged()
         totals: dict[str, list] = {}
         self.model.eval()
-        for first, rows in spans:
-            batch = {k: v.to(self.device) for k, v in self.val_batches.make(first, rows).items()}
-            with self.autocast():
-                sums = self.model.eval_sums(**batch)
-            for name, (value, count) in sums.items():
-                total = totals.setdefault(name, [0.0, 0])
-                total[0] = total[0] + value.float()
-                total[1] = total[1] + count
+        for group, split in self.val_splits.items():
+            for first, rows in self._eval_spans(split):
+                batch = {k: v.to(self.device) for k, v in split.make(first, rows).items()}
+                with self.autocast():
+                    sums = self.model.eval_sums(**batch)
+                for name, (value, count) in sums.items():
+                    for key in (name, f"{name}_{group}") if group else (name,):
+                        total = totals.setdefault(key, [0.0, 0])
+                        total[0] = total[0] + value.float()
+                        total[1] = total[1] + count
         self.model.train()
         self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
         val_loss = self.scores["val_loss"]

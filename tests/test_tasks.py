@@ -576,6 +576,9 @@ def test_a_t5_answers_a_classification_with_the_label_name(unigram):
         unigram, "kind: sentence1: a dog sentence2: the cat"
     )
     royal, plain = ids(unigram, "royal"), ids(unigram, "plain")
+    longest = max(len(royal), len(plain))
+    with pytest.raises(DataError, match=f"is {longest} tokens, .* set task.max_target_len to {longest + 1} or more"):
+        encode_task(task, unigram, "encoder_decoder", max_target_len=longest, seed=None)
     assert batch["targets"][0, : len(royal) + 1].tolist() == [*royal, eos]
     assert batch["targets"][1, : len(plain) + 1].tolist() == [*plain, eos]
 

@@ -596,6 +596,13 @@ class _Encoder:
             fix = "text2text needs a T5-style tokenizer (data.tokenizer=unigram)"
             self.pad, self.eos = _special(tok, ["<pad>", "</s>"], fix)
             self.start = start_id
+            for label in task.labels if task.kind != "text2text" else []:  # a class as text: its name, whole
+                n = len(self.ids(str(label)))
+                if n > max_target_len - 1:
+                    raise DataError(
+                        f"the label '{label}' is {n} tokens, more than task.max_target_len={max_target_len} leaves "
+                        f"before </s>: cut, it could never be answered; set task.max_target_len to {n + 1} or more"
+                    )
 
     def ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids  # we place [CLS], [SEP], </s> ourselves

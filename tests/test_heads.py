@@ -70,6 +70,25 @@ def test_span_head_never_starts_or_ends_in_padding():
     assert torch.allclose(loss, by_hand)
 
 
+@pytest.mark.parametrize("head, n_labels", [("sequence", 3), ("token", 5), ("span", 0)])
+def test_the_encoder_skips_padding_without_changing_outputs_or_gradients(head, n_labels):
+    """A padded batch runs its layers on the real tokens alone (and a sequence head's last layer on <cls> alone):
+    each row must still give the logits, and the weights the gradients, it gives alone, unpadded."""
+    ids, pad = batch()
+    ids[1, 7:] = 0  # what padding carries must not matter either
+    model = encoder(head, n_labels).train()  # dropout is 0; train mode checks nothing depends on eval
+    padded, _ = model(ids, padding_mask=pad)
+    real = padded if head == "sequence" else padded[pad]
+    grads = torch.autograd.grad(real.sum(), list(model.parameters()), allow_unused=True)
+    alone = [model(ids[:1])[0], model(ids[1:2, :7])[0]]
+    by_row = torch.cat(alone) if head == "sequence" else torch.cat([a[0] for a in alone])
+    assert torch.allclose(real, by_row, atol=1e-5)
+    by_row_grads = torch.autograd.grad(by_row.sum(), list(model.parameters()), allow_unused=True)
+    for name, got, expected in zip([n for n, _ in model.named_parameters()], grads, by_row_grads, strict=True):
+        assert (got is None) == (expected is None), name
+        assert got is None or torch.allclose(got, expected, atol=1e-5), name
+
+
 def test_decoder_classifies_from_the_last_real_token():
     """Padding on the right changes nothing: each row gives the logits it gives alone, unpadded."""
     torch.manual_seed(0)

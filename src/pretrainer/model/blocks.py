@@ -185,14 +185,22 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         key_padding_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, t, _ = x.shape
+        """With `real` (self-attention only), x is (tokens, d_model): the real tokens alone, at these positions of
+        the flattened (batch, time) of `key_padding_mask`; they are laid out padded for the attention only. With
+        `keep` too, only the outputs of those rows of x are computed (all are still keys and values)."""
+        b, t = x.shape[:2] if real is None else key_padding_mask.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
             q = self._heads(self.q(x), self.n_head)
             k, v = self._memory_keys_values(memory, cache)
         else:
-            q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], -1)
+            qkv = self.qkv(x)
+            if real is not None:
+                qkv = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, real, qkv).view(b, t, -1)
+            q, k, v = qkv.split([q_size, kv_size, kv_size], -1)
             q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
             if rotary is not None:
                 start = cache.length if cache is not None else 0
@@ -211,7 +219,11 @@ class Attention(nn.Module):
                 y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout).to(q.dtype)
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
-        return self.proj(y.transpose(1, 2).reshape(b, t, q_size))
+        y = y.transpose(1, 2).reshape(b, t, q_size)
+        if real is None:
+            return self.proj(y)
+        # indexing, not index_select: the latter's backward (index_add_) is ~4x slower on CPU
+        return self.proj(y.flatten(0, 1)[real if keep is None else real[keep]])
 
     def _memory_keys_values(self, memory: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention's keys and values of `memory`; while decoding, projected at the first step only
@@ -291,15 +303,30 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def _residual(self, x, norm_layer, f):
+    def _residual(self, x, norm_layer, f, keep=None):
+        kept = x if keep is None else x[keep]
         if self.post_norm:
-            return norm_layer(x + self.drop(f(x)))
-        return x + self.drop(f(norm_layer(x)))
+            return norm_layer(kept + self.drop(f(x)))
+        return kept + self.drop(f(norm_layer(x)))
 
     def forward(
-        self, x, rotary=None, cache=None, key_padding_mask=None, position_bias=None, memory=None, memory_mask=None
+        self,
+        x,
+        rotary=None,
+        cache=None,
+        key_padding_mask=None,
+        position_bias=None,
+        memory=None,
+        memory_mask=None,
+        real=None,
+        keep=None,
     ):
-        x = self._residual(x, self.norm1, lambda h: self.attn(h, None, rotary, cache, key_padding_mask, position_bias))
+        """`real`: x holds the real tokens alone; `keep`: only these rows of it come out (Attention.forward)."""
+
+        def attend(h):
+            return self.attn(h, None, rotary, cache, key_padding_mask, position_bias, real, keep)
+
+        x = self._residual(x, self.norm1, attend, keep)
         if memory is not None:
             x = self._residual(
                 x, self.norm_cross, lambda h: self.cross_attn(h, memory, cache=cache, key_padding_mask=memory_mask)

@@ -43,9 +43,10 @@ class Encoder(nn.Module):
         if config.head == "lm" and config.tie_embeddings:
             self.mlm_decoder.weight = self.tok_emb.weight
 
-    def encode(self, input_ids, token_type_ids=None, padding_mask=None) -> torch.Tensor:
-        """Hidden states (batch, time, d_model). `padding_mask` (batch, time) is True for real tokens."""
-        t = input_ids.shape[1]
+    def encode(self, input_ids, token_type_ids=None, padding_mask=None, first_only=False) -> torch.Tensor:
+        """Hidden states (batch, time, d_model); with `first_only`, those at <cls> (position 0) alone, (batch, 1,
+        d_model), the last layer computing nothing else. `padding_mask` (batch, time) is True for real tokens."""
+        b, t = input_ids.shape
         if t > self.config.max_seq_len:
             raise DataError(
                 f"sequence of {t} tokens is longer than the model's positions "
@@ -55,9 +56,24 @@ class Encoder(nn.Module):
         if self.type_emb is not None:
             x = x + self.type_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         x = self.drop(self.emb_norm(x))
-        for block in self.blocks:
-            x = block(x, key_padding_mask=padding_mask)
-        return self.norm_f(x)
+        real = keep = None
+        if first_only or (padding_mask is not None and not padding_mask.all()):
+            # padding is dead weight outside attention: every other layer works on the real tokens alone, and
+            # the padding's hidden states come out as zeros
+            if padding_mask is None:
+                padding_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            real = padding_mask.flatten().nonzero().squeeze(1)
+            x = x.flatten(0, 1)[real]
+            if first_only:  # the rows of x at position 0
+                keep = torch.searchsorted(real, torch.arange(b, device=real.device) * t)
+        for i, block in enumerate(self.blocks):
+            x = block(x, key_padding_mask=padding_mask, real=real, keep=keep if i == len(self.blocks) - 1 else None)
+        x = self.norm_f(x)
+        if first_only:
+            return x[:, None]
+        if real is None:
+            return x
+        return x.new_zeros(b * t, x.shape[-1]).index_copy(0, real, x).view(b, t, -1)
 
     def mlm_transform(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm_norm(activate(self.mlm_dense(hidden), self.config.activation))
@@ -78,7 +94,7 @@ class Encoder(nn.Module):
         """(MLM logits, None), or with `targets` (-100 where not masked): (None, MLM loss), where the head
         runs on the masked positions only; with `nsp_labels` too, the NSP loss is added. With a task head:
         (logits, loss or None), `labels` being `labels` or `start_positions` and `end_positions` (TaskHead)."""
-        hidden = self.encode(input_ids, token_type_ids, padding_mask)
+        hidden = self.encode(input_ids, token_type_ids, padding_mask, first_only=self.config.head == "sequence")
         if self.config.head != "lm":
             features = self.pooled(hidden) if self.config.head == "sequence" else hidden
             return self.head(features, padding_mask, **labels)

@@ -44,6 +44,7 @@ def measured_matmul_flops(dtype: torch.dtype = torch.float32, max_n: int = 1024,
     n = 128
     while True:
         a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
+        a @ b  # the first product of a size also pays for setting it up, which would stop the doubling early
         start = time.perf_counter()
         a @ b
         if n >= max_n or time.perf_counter() - start > 0.02:

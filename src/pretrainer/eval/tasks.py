@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..config import Config, TaskConfig
 from ..data.tasks import (
@@ -51,14 +52,17 @@ def load_finetuned(run: str | Path, device: str | torch.device = "cpu"):
 
 
 @torch.no_grad()
-def predict_split(model, tokenizer, split, task: Task, config: Config, batch_size: int = 32) -> list:
+def predict_split(
+    model, tokenizer, split, task: Task, config: Config, batch_size: int = 32, progress: str = ""
+) -> list:
     """The model's prediction for every example of `split` (a TaskSplit), in order: a label id (classification;
     a T5's generated text names one, or is NO_CLASS), a number (regression), a tag name per word (tagging), an
-    answer text (qa), or a text (text2text)."""
+    answer text (qa), or a text (text2text). With `progress`, a progress bar of that title."""
     device = next(model.parameters()).device
     eos = eos_id(tokenizer)
     predictions = []
-    for first in range(0, split.per_epoch, batch_size):
+    firsts = range(0, split.per_epoch, batch_size)
+    for first in tqdm(firsts, desc=progress, unit="batch", leave=False, disable=not progress):
         rows = min(batch_size, split.per_epoch - first)
         batch = {k: v.to(device) for k, v in split.make(first, rows).items() if k not in _LABELS}
         if config.model.arch == "encoder_decoder":
@@ -149,7 +153,8 @@ def _score(model, tokenizer, config: Config, task: Task, splits: dict, split: st
     if split not in splits:
         raise DataError(f"the task {task.name} has no {split} split (it has {', '.join(splits)}); pick one of those")
     data = splits[split]
-    predictions, refs = predict_split(model, tokenizer, data, task, config, batch_size), references(task, data)
+    predictions = predict_split(model, tokenizer, data, task, config, batch_size, progress=f"{task.name} {split}")
+    refs = references(task, data)
     result = {
         "task": task.name,
         "kind": task.kind,

@@ -17,7 +17,7 @@ from pretrainer.eval.tasks import load_finetuned
 from pretrainer.model import build_model, lora
 from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
-from pretrainer.train.trainer import Trainer
+from pretrainer.train.trainer import Trainer, spread_spans
 from tests.conftest import WORDS, assert_resume_is_exact, make_corpus, tiny_overrides
 from tests.test_modes import BERT, T5
 
@@ -271,3 +271,17 @@ def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp
         lambda r: pretrainer.finetune(pretrainer.load_config(None, overrides), r, resume=True),
         run, tmp_path / "resumed", 20, 60,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("n, size, wanted", [(3636, 16, 512), (1000, 32, 100), (100, 16, 99), (10, 4, 20)])
+def test_evaluating_a_few_examples_spreads_them_over_the_split(n, size, wanted):
+    """finetune.eval_examples: a split in file order may be grouped by class, so its first examples will not do."""
+    spans = spread_spans(n, size, wanted)
+    examples = [i for first, rows in spans for i in range(first, first + rows)]
+    assert len(examples) == len(set(examples)) and all(0 <= i < n for i in examples)  # disjoint, in the split
+    assert all(0 < rows <= size for _, rows in spans)
+    if wanted >= n:
+        assert sorted(examples) == list(range(n))
+    else:
+        assert len(examples) >= 0.85 * wanted and len(examples) <= wanted
+        assert examples[0] == 0 and max(examples) >= n * (1 - 2 / len(spans))  # from the start to near the end

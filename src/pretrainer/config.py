@@ -213,7 +213,7 @@ class FinetuneConfig:
     body_lr: float | None = None  # None: train.lr everywhere; else the body's (the head keeps train.lr)
     metric: str = "val_loss"  # the validation number that picks checkpoints/best: val_loss, or val_accuracy, ...
     patience: int = 0  # > 0: stop after this many evaluations without a better metric
-    eval_examples: int = 0  # > 0: evaluate on the validation split's first this many examples; 0: on all of them
+    eval_examples: int = 0  # > 0: evaluate on this many validation examples, spread over the split; 0: on all
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) and the head, the body frozen; merged on save
     lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0

@@ -203,6 +203,17 @@ def finetune(
     return Trainer(config, run_dir, resume).fit()
 
 
+def spread_spans(n: int, size: int, wanted: int) -> list[tuple[int, int]]:
+    """(first, size) batches of `wanted` of n examples (all, if wanted >= n), spread evenly over them: a file's
+    order may group its classes, so its first examples may all be one class. Disjoint; fewer than `wanted` only
+    where batches of `size` do not fit between their evenly spaced starts."""
+    if wanted >= n:
+        return [(first, min(size, n - first)) for first in range(0, n, size)]
+    count = math.ceil(wanted / size)
+    starts = [j * n // count for j in range(count)] + [n]
+    return [(starts[j], min(size, wanted - j * size, starts[j + 1] - starts[j])) for j in range(count)]
+
+
 def _check_run_dir(run_dir: Path) -> None:
     """Refuse a run folder that cannot be made or written before any work is done."""
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
@@ -500,14 +511,11 @@ class Trainer:
 
     def _eval_spans(self, split) -> list[tuple[int, int]]:
         """The (first, size) batches of one evaluation: the same `eval.batches` every time (fewer if the split is
-        small), or for a task every example once in order (its first finetune.eval_examples)."""
-        n = split.per_epoch
-        if self.shards is None and self.config.finetune.eval_examples:
-            n = min(n, self.config.finetune.eval_examples)
-        size = min(self.config.train.batch_size, n)
-        if self.shards is None:
-            return [(first, min(size, n - first)) for first in range(0, n, size)]
-        return [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]
+        small), or for a task every example once in order, or finetune.eval_examples of them (`spread_spans`)."""
+        n, size = split.per_epoch, min(self.config.train.batch_size, split.per_epoch)
+        if self.config.objective.name != "task":
+            return [(i * size, size) for i in range(max(1, min(self.config.eval.batches, n // size)))]
+        return spread_spans(n, size, self.config.finetune.eval_examples or n)
 
     @torch.no_grad()
     def evaluate(self, bar=None) -> dict[str, float]:

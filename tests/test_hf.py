@@ -126,6 +126,38 @@ def test_parity_with_transformers(name):
     assert_same(expected, our_logits(ours, name), pad, name)
 
 
+
+def test_sequence_classification_logits_and_gradients_equal_bert_for_sequence_classification():
+    """A padded batch through our encoder (which skips the padding, and runs its last layer on [CLS] alone) and
+    through BertForSequenceClassification, same weights: the same logits, loss and gradients."""
+    torch.manual_seed(0)
+    hf_config = hf_configs()["bert"]
+    hf_config.num_labels = 3
+    theirs = transformers.BertForSequenceClassification(hf_config)
+    config = dataclasses.replace(config_from_hf(theirs.config.to_dict()), head="sequence", n_labels=3)
+    ours = build_model(config)
+    state, _ = state_dict_from_hf("bert", theirs.state_dict(), config)
+    state |= {"head.linear.weight": theirs.classifier.weight, "head.linear.bias": theirs.classifier.bias}
+    ours.load_state_dict(state, strict=False)
+    x, pad, _ = inputs("bert")
+    labels = torch.tensor([2, 0])
+    logits, loss = ours(x, padding_mask=pad, labels=labels)
+    out = theirs(input_ids=x, attention_mask=pad.long(), labels=labels)
+    assert (logits - out.logits).abs().max() < 1e-5 and (loss - out.loss).abs() < 1e-5
+    loss.backward()
+    out.loss.backward()
+    d = config.d_model
+    layers = theirs.bert.encoder.layer
+    pairs = [
+        (ours.tok_emb.weight.grad, theirs.bert.embeddings.word_embeddings.weight.grad),
+        (ours.blocks[0].attn.qkv.weight.grad[:d], layers[0].attention.self.query.weight.grad),
+        (ours.blocks[-1].mlp.fc.weight.grad, layers[-1].intermediate.dense.weight.grad),
+        (ours.head.linear.weight.grad, theirs.classifier.weight.grad),
+    ]
+    for mine, hf in pairs:
+        assert hf.abs().max() > 0 and (mine - hf).abs().max() <= 1e-5 * (1 + hf.abs().max())
+
+
 OURS = {
     "gpt2": ModelConfig(vocab_size=V, n_layer=2, n_head=4, d_model=32, max_seq_len=48),
     "llama": ModelConfig(

@@ -241,6 +241,11 @@ CASES = [
          "names no layer of this model; its linear layers are named", files=SENTIMENT),
     Case("a negative LoRA rank", finetune("finetune.lora_rank=-1"),
          "finetune.lora_rank must be 0 (no adapters) or more"),
+    Case("an unknown synthetic corpus", "train configs/icl-induction.yaml --run-dir {tmp}/new data.source=synthetic:x",
+         "no synthetic corpus 'x'; built in: synthetic:induction, synthetic:induction-varied"),
+    Case("a synthetic corpus at another length",
+         "train configs/icl-induction.yaml --run-dir {tmp}/new objective.seq_len=32",
+         "synthetic:induction-varied is for objective.name=causal_lm with objective.seq_len=63"),
     Case("evaluating a pretraining run", "eval {run}", "is a pretraining run (causal_lm); evaluate a fine-tuned one"),
     # generation settings
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),

@@ -126,7 +126,6 @@ def test_parity_with_transformers(name):
     assert_same(expected, our_logits(ours, name), pad, name)
 
 
-
 def test_sequence_classification_logits_and_gradients_equal_bert_for_sequence_classification():
     """A padded batch through our encoder (which skips the padding, and runs its last layer on [CLS] alone) and
     through BertForSequenceClassification, same weights: the same logits, loss and gradients."""

@@ -48,6 +48,7 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # gelu | gelu_tanh | relu | silu
     gated_mlp: bool = False  # True with silu: SwiGLU (Llama); with gelu_tanh: GeGLU (T5 v1.1)
     bias: bool = True
+    attention_only: bool = False  # blocks without their MLP (the attention-only models of induction-head studies)
     scale_attention: bool = True  # False: no 1/sqrt(head_dim) in attention (T5 folds it into the init)
     tie_embeddings: bool = True
     head_scale: bool = False  # encoder_decoder: decoder output times d_model^-0.5 before the head (T5 v1.0)

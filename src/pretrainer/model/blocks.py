@@ -299,8 +299,8 @@ class Block(nn.Module):
         if cross:
             self.norm_cross = norm(config)
             self.cross_attn = Attention(config, causal=False, cross=True)
-        self.norm2 = norm(config)
-        self.mlp = MLP(config)
+        self.norm2 = None if config.attention_only else norm(config)
+        self.mlp = None if config.attention_only else MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
     def _residual(self, x, norm_layer, f, keep=None):
@@ -331,7 +331,7 @@ class Block(nn.Module):
             x = self._residual(
                 x, self.norm_cross, lambda h: self.cross_attn(h, memory, cache=cache, key_padding_mask=memory_mask)
             )
-        return self._residual(x, self.norm2, self.mlp)
+        return x if self.mlp is None else self._residual(x, self.norm2, self.mlp)
 
 
 def init_weights(model: nn.Module, config: ModelConfig) -> None:

@@ -435,6 +435,8 @@ def _activation(theirs) -> str:
 def family_of(config: ModelConfig) -> str:
     """The `transformers` family that can hold a model of this config, or a ConversionError saying why none."""
     c = config.resolved()
+    if c.attention_only:
+        raise ConversionError("model.attention_only has no transformers family to export to: all of them have MLPs")
     family = next(
         (f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)), None
     )

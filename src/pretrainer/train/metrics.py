@@ -54,7 +54,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss(run_dir: Path) -> Path:
-    """RUN_DIR/loss.png: training and validation loss against step."""
+    """RUN_DIR/loss.png: training and validation loss against step, and each validation group's apart (a
+    mixture's tasks, synthetic:induction's two halves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +69,15 @@ def plot_loss(run_dir: Path) -> Path:
         ax.plot(*zip(*train, strict=True), label="train", lw=1)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation", ms=3)
+    groups = dict.fromkeys(k for r in rows for k in r if k.startswith("val_loss_"))
+    for key in groups:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(
+            *zip(*points, strict=True),
+            "--",
+            label=f"validation, {key.removeprefix('val_loss_').replace('_', ' ')}",
+            lw=1,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import time
@@ -26,8 +27,10 @@ from ..config import DEVICES, Config, ModelConfig, to_yaml, validate
 from ..convert import load_any
 from ..data.objectives import make_objective
 from ..data.shards import Prefetcher, PretrainingBatches, Shards, TokenWindows, data_record, prepare
+from ..data.synthetic import PREFIX, synthetic_corpus
 from ..data.tasks import MixtureSplit, class_counts, load_mixture, load_splits, mixture_rates
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..eval.attention import plot_induction_heads
 from ..eval.metrics import perplexity
 from ..files import write_atomic
 from ..model import build_model, lora
@@ -235,9 +238,11 @@ class Trainer:
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
         saved_data = state.get("data") if state else None  # checkpoints older than data records have none
-        pretrained = None
+        pretrained, self.corpus = None, None
         if config.objective.name == "task":
             pretrained = self._prepare_task(saved_data)
+        elif config.data.source.startswith(PREFIX):
+            self._prepare_synthetic()
         else:
             self._prepare_pretraining(saved_data)
 
@@ -298,6 +303,18 @@ class Trainer:
         }
         self.train_batches = PretrainingBatches(objective, windows["train"], t.seed)
         self.val_splits = {"": PretrainingBatches(objective, windows["val"], t.seed + 1)}
+
+    def _prepare_synthetic(self) -> None:
+        """A synthetic corpus's batches, drawn on the fly (data/synthetic.py); its validation groups, each logged
+        apart (val_loss_first_half, ...)."""
+        config, t = self.config, self.config.train
+        self.corpus = corpus = synthetic_corpus(config)
+        self.shards, self.tokenizer, self.seq_len, self.summary = None, corpus.tokenizer(), config.objective.seq_len, []
+        self.data = {"source": config.data.source}  # a resumed run's source was checked with its config
+        _set_vocab_size(config.model, corpus.vocab_size)
+        objective = make_objective(config, self.tokenizer)
+        self.train_batches = PretrainingBatches(objective, corpus(t.seed), t.seed)
+        self.val_splits = corpus.val_splits(PretrainingBatches(objective, corpus(t.seed + 1), t.seed + 1))
 
     def _prepare_task(self, saved: dict | None) -> torch.nn.Module | None:
         """The task's splits and the tokenizer and model config they go with: the run's own when resuming; else the
@@ -444,7 +461,21 @@ class Trainer:
                               f"{self.best['step']} (checkpoints/best)")  # fmt: skip
                     break
         plot_loss(self.run_dir)
+        if self.corpus is not None:
+            self._draw_induction_heads()
         return self._result()
+
+    def _draw_induction_heads(self) -> None:
+        """RUN/attention.png: the heads that copy from the context, on the first validation sequence; their scores
+        in RUN/attention.json."""
+        sequences = self.corpus(self.config.train.seed + 1)
+        tokens = torch.from_numpy(sequences.rows(0, 1)[:, :-1]).to(self.device)
+        self.model.eval()
+        scores = plot_induction_heads(
+            self.model, tokens, int(sequences.period_of(0, 1)[0]), self.run_dir / "attention.png"
+        )
+        self.model.train()
+        write_atomic(self.run_dir / "attention.json", json.dumps(scores, indent=1).encode())
 
     def _result(self, already_finished: bool = False) -> RunResult:
         return RunResult(
@@ -536,6 +567,8 @@ class Trainer:
                         total[1] = total[1] + count
         self.model.train()
         self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
+        if "val_loss_second_half" in self.scores:  # synthetic:induction: what the context is worth
+            self.scores["icl_score"] = self.scores["val_loss_second_half"] - self.scores["val_loss_first_half"]
         val_loss = self.scores["val_loss"]
         language_model = self.config.model.head == "lm"
         ppl = {"val_ppl": round(perplexity(val_loss), 3)} if language_model else {}

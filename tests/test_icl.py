@@ -4,19 +4,26 @@ import json
 import re
 
 import pytest
+import torch
 
+from pretrainer.config import ModelConfig
 from pretrainer.data.reasoning import GENERATORS, generate_examples
+from pretrainer.data.synthetic import Induction
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.eval.icl import (
     REASONING,
     PromptTask,
     build_prompt,
+    choose,
+    continuation_logprobs,
     demonstrations,
     extract_answer,
     fill,
     majority_vote,
     reasoning_task,
+    split_tokens,
 )
+from pretrainer.model import build_model
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
@@ -95,3 +102,50 @@ def test_a_task_that_cannot_be_scored_is_refused(fields, message):
         PromptTask("t", "", "Q: {x}", **fields)
     with pytest.raises(DataError, match="no generated task 'sums'; built in: addition, last-letters"):
         reasoning_task("sums", 1)
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=16)
+    return build_model(config).eval(), Induction.tokenizer()  # tokens "t0" ... "t63", split at spaces
+
+
+def test_a_continuations_log_probability_is_its_tokens_summed_by_hand_and_batching_changes_nothing():
+    model, tok = tiny_lm()
+    requests = [("t1 t2 t3", " t4 t5"), ("t9", " t8"), ("t3 t3 t3 t3 t3 ", "t7 t6 t5")]
+    one_by_one = continuation_logprobs(model, tok, requests, batch_size=1)
+    batched = continuation_logprobs(model, tok, requests, batch_size=3)  # padded to the longest
+    for (a, greedy_a), (b, greedy_b) in zip(one_by_one, batched, strict=True):
+        assert abs(a - b) < 1e-5 and greedy_a == greedy_b
+    with torch.no_grad():
+        ids = torch.tensor([[1, 2, 3, 4, 5]])
+        logprobs = model(ids[:, :-1])[0].log_softmax(-1)[0]
+        by_hand = logprobs[2, 4] + logprobs[3, 5]  # positions 2 and 3 predict t4 and t5
+        greedy = bool(logprobs[2].argmax() == 4 and logprobs[3].argmax() == 5)
+    assert abs(one_by_one[0][0] - float(by_hand)) < 1e-5 and one_by_one[0][1] == greedy
+    assert split_tokens(tok, "t3 t3 ", "t7") == ([3, 3], [7])  # the context's last space goes with the choice
+
+
+def test_the_greedy_flag_says_whether_each_token_is_the_models_first_choice():
+    model, tok = tiny_lm()
+    with torch.no_grad():
+        first = int(model(torch.tensor([[1, 2]]))[0][0, -1].argmax())
+    (_, greedy), (_, not_greedy) = continuation_logprobs(model, tok, [("t1 t2", f" t{first}"),
+                                                                      ("t1 t2", f" t{(first + 1) % 64}")])  # fmt: skip
+    assert greedy and not not_greedy
+
+
+def test_acc_picks_the_likeliest_choice_and_acc_norm_the_likeliest_per_character():
+    # "no" at -2.0 beats "not at all" at -3.0, but per character (-1.0 against -0.3) loses
+    assert choose([-2.0, -3.0], ["no", "not at all"]) == (0, 1)
+
+
+def test_scoring_refuses_what_it_cannot_score():
+    model, tok = tiny_lm()
+    with pytest.raises(DataError, match="18 tokens, more than the model.s 16 positions; shorten the prompt"):
+        continuation_logprobs(model, tok, [(" ".join(["t1"] * 17), " t2")])
+    with pytest.raises(DataError, match="the context has no tokens"):
+        continuation_logprobs(model, tok, [("", "t2")])
+    encoder = build_model(ModelConfig(arch="encoder", vocab_size=64, n_layer=1, n_head=4, d_model=32))
+    with pytest.raises(ConfigError, match="takes a decoder-only language model, not a encoder"):
+        continuation_logprobs(encoder, tok, [("t1", " t2")])

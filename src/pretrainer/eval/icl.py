@@ -1,5 +1,5 @@
-"""In-context learning without weight updates: prompt tasks, prompts of k demonstrations, answer extraction and
-the majority vote of self-consistency. (Scoring prompts with a model comes next; this is what it builds on.)
+"""In-context learning without weight updates: prompt tasks, prompts of k demonstrations, answer extraction, the
+majority vote of self-consistency, and a decoder's log-likelihood of each choice after a prompt.
 
 A prompt is the task's description, k demonstrations (question and answer; with chain of thought, question and
 rationale, which ends in the answer), then the query's question and the opening of its answer:
@@ -20,6 +20,8 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
+
+import torch
 
 from ..data.reasoning import generate_examples
 from ..errors import ConfigError, DataError
@@ -122,3 +124,57 @@ def reasoning_task(name: str, n: int, seed: int = 0) -> tuple[PromptTask, list[d
     if name not in REASONING:
         raise DataError(f"no generated task {name!r}; built in: {', '.join(REASONING)}")
     return REASONING[name], generate_examples(name, n, seed)
+
+
+def split_tokens(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The token ids of `context` and of `continuation` after it, as the tokenizer cuts the two joined (a word's
+    pieces can differ at the seam); a space that ends the context goes with the continuation, as lm-eval does."""
+    spaces = len(context) - len(context.rstrip(" "))
+    context, continuation = context[: len(context) - spaces], " " * spaces + continuation
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    n = len(tokenizer.encode(context, add_special_tokens=False).ids)
+    return whole[:n], whole[n:]
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16) -> list[tuple]:
+    """For each (context, continuation): the decoder's log-probability of the continuation's tokens after the
+    context's, and whether every one of them is also its most likely next token (lm-eval's `loglikelihood`).
+    Batched with padding on the right, which a causal model's real positions never see."""
+    if model.config.arch != "decoder" or model.config.head != "lm":
+        raise ConfigError(f"scoring continuations takes a decoder-only language model, not a {model.config.arch}")
+    device = next(model.parameters()).device
+    pairs = [split_tokens(tokenizer, c, x) for c, x in requests]
+    limit = model.config.max_seq_len
+    for (_, continuation), (ctx, cont) in zip(requests, pairs, strict=True):
+        if not ctx or not cont:
+            empty = "context" if not ctx else f"continuation {continuation!r}"
+            raise DataError(f"the {empty} has no tokens; a continuation is scored after a non-empty context")
+        if len(ctx) + len(cont) > limit + 1:  # the last token is only predicted, never fed
+            raise DataError(
+                f"a prompt and its continuation are {len(ctx) + len(cont)} tokens, more than the model's "
+                f"{limit} positions; shorten the prompt (fewer demonstrations)"
+            )
+    out = []
+    for first in range(0, len(pairs), batch_size):
+        chunk = [ctx + cont for ctx, cont in pairs[first : first + batch_size]]
+        inputs = torch.zeros(len(chunk), max(map(len, chunk)) - 1, dtype=torch.long)
+        for row, ids in enumerate(chunk):
+            inputs[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+        logprobs = model(inputs.to(device))[0].float().log_softmax(-1).cpu()
+        for row, (ctx, cont) in enumerate(pairs[first : first + batch_size]):
+            at = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)  # the positions that predict cont
+            scores = logprobs[row, at]
+            target = torch.tensor(cont)
+            out.append(
+                (float(scores[torch.arange(len(cont)), target].sum()), bool((scores.argmax(-1) == target).all()))
+            )
+    return out
+
+
+def choose(logprobs: list[float], choices: list[str]) -> tuple[int, int]:
+    """The index of the likeliest choice (`acc`), and of the likeliest per character of the choice, so that long
+    choices are not penalised for their length (`acc_norm`, as lm-eval normalises)."""
+    best = max(range(len(choices)), key=lambda i: logprobs[i])
+    best_per_char = max(range(len(choices)), key=lambda i: logprobs[i] / max(1, len(choices[i])))
+    return best, best_per_char

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrainer.config import ModelConfig
 from pretrainer.data.reasoning import GENERATORS, generate_examples
@@ -21,9 +22,12 @@ from pretrainer.eval.icl import (
     fill,
     majority_vote,
     reasoning_task,
+    self_consistency,
     split_tokens,
+    zero_shot_cot,
 )
 from pretrainer.model import build_model
+from pretrainer.model.generate import generate_text
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
@@ -149,3 +153,44 @@ def test_scoring_refuses_what_it_cannot_score():
     encoder = build_model(ModelConfig(arch="encoder", vocab_size=64, n_layer=1, n_head=4, d_model=32))
     with pytest.raises(ConfigError, match="takes a decoder-only language model, not a encoder"):
         continuation_logprobs(encoder, tok, [("t1", " t2")])
+
+
+def english_lm():
+    """A tiny random decoder with a byte-level tokenizer: it writes nonsense, but any text in and out."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        ["Q: What is 12 + 30? A: Let's think step by step. Therefore, the answer is 42."],
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=320, n_layer=1, n_head=4, d_model=32, max_seq_len=512)
+    return build_model(config).eval(), tok
+
+
+def test_zero_shot_chain_of_thought_asks_twice():
+    """Stage one: the question, then "A: Let's think step by step." and the model's reasoning; stage two: all of
+    that, "Therefore, the answer is" and a short answer, from which the answer is extracted."""
+    model, tok = english_lm()
+    task, (query,) = reasoning_task("addition", 1)
+    out = zero_shot_cot(model, tok, task, query, max_new_tokens=12, temperature=0)
+    question = f"Q: What is {query['a']} + {query['b']}?"
+    assert out["reasoning_prompt"] == f"Add the two numbers.\n\n{question}\nA: Let's think step by step."
+    assert out["answer_prompt"] == out["reasoning_prompt"] + out["reasoning"] + "\nTherefore, the answer is"
+    assert out["reasoning"] == generate_text(model, tok, out["reasoning_prompt"], 12, ("\n\n",), temperature=0)
+    assert out["text"] == generate_text(model, tok, out["answer_prompt"], 16, ("\n",), temperature=0)
+    assert out["answer"] == extract_answer(task, out["text"])
+
+
+def test_self_consistency_votes_over_seeded_sampled_paths():
+    model, tok = english_lm()
+    task = PromptTask("any", "", "Q: {q}", extract=r"(\S+)")  # every path's first word is its answer
+    out = self_consistency(model, tok, task, "Q: What is 12 + 30?\nA:", paths=5, temperature=1.0, max_new_tokens=6)
+    assert len(out["paths"]) == 5
+    assert (out["answer"], out["counts"]) == majority_vote([p["answer"] for p in out["paths"]])
+    assert len({p["text"] for p in out["paths"]}) > 1  # the paths are sampled, not one path five times
+    again = self_consistency(model, tok, task, "Q: What is 12 + 30?\nA:", paths=5, temperature=1.0, max_new_tokens=6)
+    assert again == out  # seeded: path i uses seed + i
+    with pytest.raises(ConfigError, match="give a temperature above 0"):
+        self_consistency(model, tok, task, "Q:", paths=3, temperature=0)

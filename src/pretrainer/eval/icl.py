@@ -15,6 +15,7 @@ rationale, which ends in the answer), then the query's question and the opening 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import string
@@ -25,6 +26,7 @@ import torch
 
 from ..data.reasoning import generate_examples
 from ..errors import ConfigError, DataError
+from ..model.generate import generate_text
 
 
 @dataclass
@@ -178,3 +180,42 @@ def choose(logprobs: list[float], choices: list[str]) -> tuple[int, int]:
     best = max(range(len(choices)), key=lambda i: logprobs[i])
     best_per_char = max(range(len(choices)), key=lambda i: logprobs[i] / max(1, len(choices[i])))
     return best, best_per_char
+
+
+STEP_BY_STEP = "Let's think step by step."
+THEREFORE = "Therefore, the answer is"
+
+
+def answer_by_generation(model, tokenizer, task: PromptTask, prompt: str, max_new_tokens: int = 64,
+                         stop: tuple[str, ...] = ("\n\n",), **sampling) -> dict:  # fmt: skip
+    """The model's text after `prompt` (up to a stop string) and the answer extracted from it."""
+    text = generate_text(model, tokenizer, prompt, max_new_tokens, stop, **sampling)
+    return {"text": text, "answer": extract_answer(task, text)}
+
+
+def zero_shot_cot(model, tokenizer, task: PromptTask, query: dict, max_new_tokens: int = 128, **sampling) -> dict:
+    """Kojima et al. (2022), in two stages: the question with "A: Let's think step by step." and the model's
+    reasoning after it; then all of that, "Therefore, the answer is" and a short answer, which is extracted."""
+    ask = dataclasses.replace(task, answer="A: " + STEP_BY_STEP + " {answer}")
+    reasoning_prompt = build_prompt(ask, [], query)
+    reasoning = generate_text(model, tokenizer, reasoning_prompt, max_new_tokens, ("\n\n",), **sampling)
+    answer_prompt = f"{reasoning_prompt}{reasoning}\n{THEREFORE}"
+    short = answer_by_generation(model, tokenizer, task, answer_prompt, 16, ("\n",), **sampling)
+    return {"reasoning_prompt": reasoning_prompt, "reasoning": reasoning, "answer_prompt": answer_prompt, **short}
+
+
+def self_consistency(model, tokenizer, task: PromptTask, prompt: str, paths: int, temperature: float = 0.7,
+                     seed: int = 0, max_new_tokens: int = 128, **sampling) -> dict:  # fmt: skip
+    """Wang et al. (2023): `paths` reasoning paths sampled at `temperature` (path i with seed + i), each one's
+    answer extracted, and their majority vote (`majority_vote`)."""
+    if paths < 1:
+        raise ConfigError(f"self-consistency needs at least one sampled path (got {paths})")
+    if not temperature > 0:
+        raise ConfigError(f"self-consistency samples: give a temperature above 0 (got {temperature}); 0 is greedy")
+    sampled = [
+        answer_by_generation(model, tokenizer, task, prompt, max_new_tokens, temperature=temperature, seed=seed + i,
+                             **sampling)
+        for i in range(paths)
+    ]  # fmt: skip
+    answer, counts = majority_vote([p["answer"] for p in sampled])
+    return {"answer": answer, "counts": counts, "paths": sampled}

@@ -67,6 +67,11 @@ class Induction:
             "second_half": PeriodScored(batches, copyable=True),
         }
 
+    @staticmethod
+    def derived_scores(scores: dict[str, float]) -> dict[str, float]:
+        """`icl_score`: the loss after the first repeat minus the loss before it, what the context is worth."""
+        return {"icl_score": scores["val_loss_second_half"] - scores["val_loss_first_half"]}
+
 
 class InductionVaried(Induction):
     periods = (16, 32)

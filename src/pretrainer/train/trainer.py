@@ -567,8 +567,8 @@ class Trainer:
                         total[1] = total[1] + count
         self.model.train()
         self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
-        if "val_loss_second_half" in self.scores:  # synthetic:induction: what the context is worth
-            self.scores["icl_score"] = self.scores["val_loss_second_half"] - self.scores["val_loss_first_half"]
+        if self.corpus is not None:
+            self.scores |= self.corpus.derived_scores(self.scores)
         val_loss = self.scores["val_loss"]
         language_model = self.config.model.head == "lm"
         ppl = {"val_ppl": round(perplexity(val_loss), 3)} if language_model else {}

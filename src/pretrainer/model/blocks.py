@@ -108,6 +108,17 @@ class KVCache:
         """One cache of `length` positions per layer, on the device and in the dtype of `like`."""
         return [cls(batch, config.n_kv_head, length, config.head_dim, like.device, like.dtype) for _ in range(n_layer)]
 
+    def expand(self, batch: int, length: int) -> KVCache:
+        """A cache of `batch` rows and `length` positions that starts with this one-row cache's positions: a
+        shared prefix, computed once, continued by every row."""
+        if self.k.shape[0] != 1 or self.memory is not None:
+            raise ValueError("only a one-row self-attention cache is expanded")
+        out = KVCache(batch, self.k.shape[1], length, self.k.shape[3], self.k.device, self.k.dtype)
+        out.k[:, :, : self.length] = self.k[:, :, : self.length]
+        out.v[:, :, : self.length] = self.v[:, :, : self.length]
+        out.length = self.length
+        return out
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[-2]
         self.k[:, :, self.length : end] = k

@@ -41,12 +41,15 @@ class Decoder(nn.Module):
         cache: list[KVCache] | None = None,
         padding_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, None): logits (batch, time, vocab) for `input_ids`; with `cache`, they continue the
-        cached positions. With `targets`: (None, mean cross-entropy), targets of -100 ignored; the logits
-        are then never materialised whole (see `linear_cross_entropy`). With a sequence head: (logits, loss or
-        None) from the last real token (`padding_mask` True on real tokens; padding on the right, which causal
-        attention keeps out of every real position)."""
+        cached positions; with `logits_to_keep` = n > 0, for the last n positions only (decoding needs one: the
+        head over a long prompt's every position is a fifth of a small model's work). With `targets`: (None,
+        mean cross-entropy), targets of -100 ignored; the logits are then never materialised whole (see
+        `linear_cross_entropy`). With a sequence head: (logits, loss or None) from the last real token
+        (`padding_mask` True on real tokens; padding on the right, which causal attention keeps out of every real
+        position)."""
         start = cache[0].length if cache else 0
         t = input_ids.shape[1]
         if start + t > self.config.max_seq_len:
@@ -65,7 +68,7 @@ class Decoder(nn.Module):
             return self.head(last_real_token(x, padding_mask), labels=labels)
         if targets is not None:
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        return self.lm_head(x), None
+        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         return KVCache.for_layers(self.config, self.config.n_layer, batch, length, self.tok_emb.weight)

@@ -49,6 +49,23 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ConfigError(f"top_p must be in (0, 1] (got {top_p}); 0.9 is usual, 1 keeps every token")
 
 
+def prefill(model, tokens: torch.Tensor, length: int, logits_to_keep: int = 0, shared_limit: int | None = None):
+    """A decoder's logits for `tokens` (batch, time) and the cache (of `length` positions) that holds them. The
+    rows' longest common prefix (up to `shared_limit` tokens; never the last token) is computed once and shared:
+    the demonstrations of few-shot prompts, or one prompt sampled many times. The logits are those of the
+    positions after the shared prefix (the last `logits_to_keep` of them when that is above 0)."""
+    rows, time = tokens.shape
+    shared = int((tokens == tokens[:1]).all(0).int().cumprod(0).sum()) if rows > 1 else 0
+    shared = min(shared, time - 1, time if shared_limit is None else shared_limit)
+    if shared == 0:
+        cache = model.new_cache(rows, length)
+        return model(tokens, cache=cache, logits_to_keep=logits_to_keep)[0], cache
+    prefix = model.new_cache(1, length)
+    model(tokens[:1, :shared], cache=prefix, logits_to_keep=1)
+    cache = [layer.expand(rows, length) for layer in prefix]
+    return model(tokens[:, shared:], cache=cache, logits_to_keep=logits_to_keep)[0], cache
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -75,6 +92,7 @@ def generate(
     was_training = model.training
     model.eval()
     max_len = model.config.max_seq_len
+    memory = None
     if model.config.arch == "encoder_decoder":
         memory = model.encode(idx, padding_mask)
         out = torch.full((idx.shape[0], 1), model.config.decoder_start_id, dtype=idx.dtype, device=idx.device)
@@ -85,7 +103,7 @@ def generate(
         out = idx
 
         def logits_for(tokens, cache):
-            return model(tokens, cache=cache)[0]
+            return model(tokens, cache=cache, logits_to_keep=1)[0]
 
     generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
     cache = None
@@ -94,8 +112,12 @@ def generate(
     for _ in range(max_new_tokens):
         if use_cache and out.shape[1] < max_len:
             if cache is None:
-                cache = model.new_cache(out.shape[0], min(max_len, out.shape[1] + max_new_tokens))
-                logits = logits_for(out, cache)
+                length = min(max_len, out.shape[1] + max_new_tokens)
+                if memory is None:
+                    logits, cache = prefill(model, out, length, logits_to_keep=1)
+                else:
+                    cache = model.new_cache(out.shape[0], length)
+                    logits = logits_for(out, cache)
             else:
                 logits = logits_for(out[:, -1:], cache)
         else:
@@ -113,38 +135,59 @@ def generate(
     return out
 
 
-def generate_text(
+def generate_texts(
     model,
     tokenizer,
-    prompt: str,
+    prompts: Sequence[str],
     max_new_tokens: int = 200,
     stop: Sequence[str] = (),
+    batch_size: int = 16,
     **sampling,
-) -> str:
-    """Text in, text out: the continuation of `prompt` (decoder-only) or the output for input `prompt`
-    (encoder-decoder), cut before the first stop string or end-of-text token."""
+) -> list[str]:
+    """Text in, text out: for each prompt, its continuation (decoder-only) or the output for it as input
+    (encoder-decoder), cut before the first stop string or end-of-text token. Prompts of the same length in
+    tokens are generated together, `batch_size` at a time, so no row is padded; a batch samples from one
+    generator seeded with `seed`, so the same prompts give the same texts."""
     if any(s == "" for s in stop):
         raise ConfigError("a stop string is empty (it would stop before the first token); give it some text")
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt).ids
-    if not ids:
+    encoded = [tokenizer.encode(prompt).ids for prompt in prompts]
+    if not all(encoded):
         raise ConfigError("the prompt is empty (it encodes to no tokens); give it some text")
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
     seq2seq = model.config.arch == "encoder_decoder"
-    skip = 1 if seq2seq else len(ids)  # the start token, or the prompt
     eos = [i for i in map(tokenizer.token_to_id, END_OF_TEXT) if i is not None]
 
-    def continuation(tokens: torch.Tensor) -> str:
-        out = [i for i in tokens[0, skip:].tolist() if i not in eos]
+    def continuation(row: list[int], skip: int) -> tuple[str, bool]:
+        """The row's text after the prompt (or the start token) up to its first end-of-text, and whether it ended."""
+        out = row[skip:]
+        ends = [at for at, i in enumerate(out) if i in eos]
         # a span-corruption model answers in sentinels (<extra_id_0> ...): show them
-        return tokenizer.decode(out, skip_special_tokens=not seq2seq)
+        text = tokenizer.decode(out[: ends[0]] if ends else out, skip_special_tokens=not seq2seq)
+        return text, bool(ends) or any(s in text for s in stop)
 
-    def hit_stop(tokens: torch.Tensor) -> bool:
-        text = continuation(tokens)
-        return any(s in text for s in stop)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    texts = [""] * len(prompts)
+    for length, indices in by_length.items():
+        skip = 1 if seq2seq else length  # the start token, or the prompt
+        for first in range(0, len(indices), batch_size):
+            rows = indices[first : first + batch_size]
+            idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=device)
 
-    out = generate(model, idx, max_new_tokens, stop_ids=eos, should_stop=hit_stop if stop else None, **sampling)
-    text = continuation(out)
-    for s in stop:
-        text = text.split(s, 1)[0]
-    return text
+            def all_stopped(tokens: torch.Tensor, skip: int = skip) -> bool:
+                return all(continuation(row, skip)[1] for row in tokens.tolist())
+
+            out = generate(model, idx, max_new_tokens, stop_ids=eos, should_stop=all_stopped if stop else None,
+                           **sampling)  # fmt: skip
+            for row, i in zip(out.tolist(), rows, strict=True):
+                text = continuation(row, skip)[0]
+                for s in stop:
+                    text = text.split(s, 1)[0]
+                texts[i] = text
+    return texts
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, stop: Sequence[str] = (), **sampling):
+    """`generate_texts` for one prompt."""
+    return generate_texts(model, tokenizer, [prompt], max_new_tokens, stop, **sampling)[0]

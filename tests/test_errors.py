@@ -42,6 +42,10 @@ T5 = ("model.arch=encoder_decoder", "model.positions=relative", "objective.name=
       "data.tokenizer=unigram", "data.sentinels=20")  # fmt: skip
 
 
+TASK = "question: 'Q: {question}'\ndata: data.jsonl\n"  # a prompt task file over ODD's or LONG's data
+ODD = {"data.jsonl": '{"question": "is 1 odd?", "answer": "yes"}\n{"question": "is 2 odd?", "answer": "no"}\n'
+       '{"question": "is 3 odd?", "answer": "yes"}\n'}  # fmt: skip
+LONG = {"data.jsonl": '{"question": "%s", "answer": "yes"}\n' % ("word " * 200)}
 SENTIMENT = {"train.csv": "text,label\nfine words,pos\nbad words,neg\n", "validation.csv": "text,label\nso,pos\n"}
 
 
@@ -248,6 +252,26 @@ CASES = [
          "synthetic:induction-varied is for objective.name=causal_lm with objective.seq_len=63"),
     Case("evaluating a pretraining run", "eval {run}", "is a pretraining run (causal_lm); evaluate a fine-tuned one"),
     # generation settings
+    # prompting (in-context learning)
+    Case("a prompt template with an unknown field", "prompt {run} {tmp}/task.yaml", "asks for qestion, which the "
+         "examples lack; their fields are answer, question", files={**ODD, "task.yaml": TASK.replace("{question}",
+                                                                                                    "{qestion}")}),
+    Case("more demonstrations than the pool holds", "prompt {run} {tmp}/task.yaml --shots 5",
+         "5 demonstrations asked for, but the pool has 2", files={**ODD, "task.yaml": TASK}),
+    Case("a task with one choice", "prompt {run} {tmp}/task.yaml", "has one choice ('yes'); give two or more",
+         files={**ODD, "task.yaml": TASK + "choices: ['yes']\n"}),
+    Case("choices YAML reads as true and false", "prompt {run} {tmp}/task.yaml", "quote the choices, as in choices: "
+         "['yes', 'no']", files={**ODD, "task.yaml": TASK + "choices: [yes, no]\n"}),
+    Case("an unknown prompt task", "prompt {run} sums", "no prompt task 'sums': give a task YAML file or a built-in"),
+    Case("chain of thought without rationales", "prompt {run} {tmp}/task.yaml --cot",
+         "examples have no rationale field for its rationale template", files={**ODD, "task.yaml": TASK}),
+    Case("self-consistency at temperature 0", "prompt {run} addition --self-consistency 5 --temperature 0",
+         "give a --temperature above 0 (got 0.0)"),
+    Case("shots that are not numbers", "prompt {run} addition --shots 0,four", "--shots takes whole numbers"),
+    Case("an encoder checkpoint given to prompt", "prompt {tmp}/bert addition",
+         "an encoder-only model (BERT) fills in masked tokens; it cannot continue a prompt", "encoder"),
+    Case("a prompt longer than the context with no demonstrations", "prompt {run} {tmp}/task.yaml",
+         "tokens without any demonstration, more than the", files={**LONG, "task.yaml": TASK}),
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),
     Case("top-p above 1", generate("--top-p 1.5"), "top_p must be in (0, 1] (got 1.5)"),
     Case("top-k of 0", generate("--top-k 0"), "top_k must be at least 1 (got 0)"),

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrainer.config import ModelConfig
@@ -14,25 +15,27 @@ from pretrainer.errors import ConfigError, DataError
 from pretrainer.eval.icl import (
     REASONING,
     PromptTask,
+    answers_by_generation,
     build_prompt,
     choose,
     continuation_logprobs,
     demonstrations,
     extract_answer,
     fill,
+    fit_prompt,
+    load_prompt_task,
     majority_vote,
-    reasoning_task,
     self_consistency,
     split_tokens,
     zero_shot_cot,
 )
 from pretrainer.model import build_model
-from pretrainer.model.generate import generate_text
+from pretrainer.model.generate import generate_text, generate_texts
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
     for name in GENERATORS:
-        task, examples = reasoning_task(name, 200, seed=3)
+        task, examples = REASONING[name], generate_examples(name, 200, seed=3)
         assert examples == generate_examples(name, 200, seed=3)  # reproducible
         assert len({repr(e) for e in examples}) > 150  # and varied
         for ex in examples:
@@ -51,15 +54,27 @@ def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
     assert 0.35 < answers.count("yes") / len(answers) < 0.65  # no answer a constant guess wins
 
 
-def test_demonstrations_never_include_the_query_and_repeat_per_seed():
-    for query in range(10):
-        drawn = demonstrations(10, 9, seed=0, query=query)
-        assert query not in drawn and sorted(drawn) == sorted(set(range(10)) - {query})
-    assert demonstrations(50, 4, seed=1, query=7) == demonstrations(50, 4, seed=1, query=7)
-    assert demonstrations(50, 4, seed=1, query=7) != demonstrations(50, 4, seed=2, query=7)
-    assert demonstrations(5, 5, seed=0) != []  # a pool apart from the queries: all of it may be drawn
+def test_demonstrations_repeat_per_seed_and_never_ask_the_query():
+    task = PromptTask("t", "", "Q: {q}")
+    pool = [{"q": i, "answer": str(i)} for i in range(50)]
+    drawn = demonstrations(task, pool, 4, seed=1, query={"q": 99})
+    assert len(drawn) == 4 and drawn == demonstrations(task, pool, 4, seed=1, query={"q": 98})  # shared by queries
+    assert drawn != demonstrations(task, pool, 4, seed=2, query={"q": 99})
+    for query in drawn:  # a query that was drawn is replaced by the next draw, the others stay
+        again = demonstrations(task, pool, 4, seed=1, query=query)
+        assert query not in again and len(set(map(repr, again)) & set(map(repr, drawn))) == 3
+    small = pool[:10]
+    for query in small:
+        assert sorted(d["q"] for d in demonstrations(task, small, 9, 0, query)) == sorted(set(range(10)) - {query["q"]})
     with pytest.raises(DataError, match="8 demonstrations asked for, but the pool has 4"):
-        demonstrations(5, 8, seed=0, query=2)
+        demonstrations(task, pool[:5], 8, seed=0, query=pool[2])
+
+
+def test_built_in_tasks_sample_their_queries_and_keep_them_apart_from_the_pool():
+    data = load_prompt_task("addition", 30, seed=0)
+    assert len(data.queries) == 30 and len(data.pool) == 1000 and data.task is REASONING["addition"]
+    assert data.queries == generate_examples("addition", 30, seed=0)
+    assert data.pool == generate_examples("addition", 1000, seed=1)  # its own seed
 
 
 def test_a_prompt_is_description_demonstrations_then_the_open_query():
@@ -72,6 +87,18 @@ def test_a_prompt_is_description_demonstrations_then_the_open_query():
     assert build_prompt(task, [], query) == "Add the two numbers.\n\nQ: What is 7 + 8?\nA:"  # zero-shot
     assert build_prompt(task, demos[:1], query, cot=True).split("\n\n")[1] == "Q: What is 1 + 2?\nA: 1 plus 2 is 3."
     assert "15" not in build_prompt(task, demos, query)  # the query's answer is never shown
+    assert build_prompt(task, [], query, trigger="Let's think step by step.").endswith("A: Let's think step by step.")
+
+
+def test_a_prompt_too_long_drops_its_last_demonstrations_and_never_cuts_the_query():
+    task = PromptTask("sum", "", "Q: {a}?")
+    demos = [{"a": "x" * 10, "answer": "y"} for _ in range(4)]
+    count = len  # one token per character
+    prompt, dropped = fit_prompt(task, demos, {"a": "q"}, count, limit=50)
+    assert dropped == 2 and prompt == build_prompt(task, demos[:2], {"a": "q"}) and len(prompt) == 50
+    assert fit_prompt(task, demos, {"a": "q"}, count, limit=1000) == (build_prompt(task, demos, {"a": "q"}), 0)
+    with pytest.raises(DataError, match="is 8 tokens without any demonstration, more than the 5 the model leaves"):
+        fit_prompt(task, demos, {"a": "q"}, count, limit=5)
 
 
 def test_a_template_field_the_examples_lack_is_named_with_those_they_have():
@@ -99,13 +126,15 @@ def test_majority_vote_and_its_tie_break():
     [
         (dict(choices=("yes",)), "has one choice"),
         (dict(extract=r"\d+"), "needs a group"),
+        (dict(choices=("a", "a")), "lists a choice twice"),
+        (dict(answer="A: {label}"), "does not show the answer; put {answer} in it"),
     ],
 )
 def test_a_task_that_cannot_be_scored_is_refused(fields, message):
     with pytest.raises(ConfigError, match=message):
         PromptTask("t", "", "Q: {x}", **fields)
-    with pytest.raises(DataError, match="no generated task 'sums'; built in: addition, last-letters"):
-        reasoning_task("sums", 1)
+    with pytest.raises(ConfigError, match="no prompt task 'sums': give a task YAML file or a built-in task"):
+        load_prompt_task("sums")
 
 
 def tiny_lm(seed=0):
@@ -151,7 +180,7 @@ def test_scoring_refuses_what_it_cannot_score():
     with pytest.raises(DataError, match="the context has no tokens"):
         continuation_logprobs(model, tok, [("", "t2")])
     encoder = build_model(ModelConfig(arch="encoder", vocab_size=64, n_layer=1, n_head=4, d_model=32))
-    with pytest.raises(ConfigError, match="takes a decoder-only language model, not a encoder"):
+    with pytest.raises(ConfigError, match="an encoder-only model .BERT. fills in masked tokens; it cannot continue"):
         continuation_logprobs(encoder, tok, [("t1", " t2")])
 
 
@@ -173,24 +202,103 @@ def test_zero_shot_chain_of_thought_asks_twice():
     """Stage one: the question, then "A: Let's think step by step." and the model's reasoning; stage two: all of
     that, "Therefore, the answer is" and a short answer, from which the answer is extracted."""
     model, tok = english_lm()
-    task, (query,) = reasoning_task("addition", 1)
-    out = zero_shot_cot(model, tok, task, query, max_new_tokens=12, temperature=0)
-    question = f"Q: What is {query['a']} + {query['b']}?"
-    assert out["reasoning_prompt"] == f"Add the two numbers.\n\n{question}\nA: Let's think step by step."
-    assert out["answer_prompt"] == out["reasoning_prompt"] + out["reasoning"] + "\nTherefore, the answer is"
-    assert out["reasoning"] == generate_text(model, tok, out["reasoning_prompt"], 12, ("\n\n",), temperature=0)
+    task, (query,) = REASONING["addition"], generate_examples("addition", 1, 0)
+    prompt = build_prompt(task, [], query, trigger="Let's think step by step.")
+    assert prompt == f"Add the two numbers.\n\nQ: What is {query['a']} + {query['b']}?\nA: Let's think step by step."
+    (out,) = zero_shot_cot(model, tok, task, [prompt], max_new_tokens=12, temperature=0)
+    assert out["answer_prompt"] == prompt + out["reasoning"] + "\nTherefore, the answer is"
+    assert out["reasoning"] == generate_text(model, tok, prompt, 12, ("\n\n",), temperature=0)
     assert out["text"] == generate_text(model, tok, out["answer_prompt"], 16, ("\n",), temperature=0)
     assert out["answer"] == extract_answer(task, out["text"])
+
+
+def test_batched_generation_equals_one_prompt_at_a_time():
+    model, tok = english_lm()
+    prompts = ["Q: What is 12 + 30?\nA:", "Q: What is 12 + 31?\nA:", "Q: 7?", "Q: What is 12 + 30?\nA:"]
+    alone = [generate_text(model, tok, p, 10, ("\n",), temperature=0) for p in prompts]
+    assert generate_texts(model, tok, prompts, 10, ("\n",), batch_size=4, temperature=0) == alone
+    same = [prompts[0]] * 3  # one prompt many times: its prefix computed once, shared by the rows
+    assert generate_texts(model, tok, same, 10, ("\n",), batch_size=3, temperature=0) == [alone[0]] * 3
 
 
 def test_self_consistency_votes_over_seeded_sampled_paths():
     model, tok = english_lm()
     task = PromptTask("any", "", "Q: {q}", extract=r"(\S+)")  # every path's first word is its answer
-    out = self_consistency(model, tok, task, "Q: What is 12 + 30?\nA:", paths=5, temperature=1.0, max_new_tokens=6)
-    assert len(out["paths"]) == 5
-    assert (out["answer"], out["counts"]) == majority_vote([p["answer"] for p in out["paths"]])
-    assert len({p["text"] for p in out["paths"]}) > 1  # the paths are sampled, not one path five times
-    again = self_consistency(model, tok, task, "Q: What is 12 + 30?\nA:", paths=5, temperature=1.0, max_new_tokens=6)
-    assert again == out  # seeded: path i uses seed + i
-    with pytest.raises(ConfigError, match="give a temperature above 0"):
-        self_consistency(model, tok, task, "Q:", paths=3, temperature=0)
+
+    def answer(prompts):
+        return answers_by_generation(model, tok, task, prompts, 6, temperature=1.0, seed=3)
+
+    prompts = ["Q: What is 12 + 30?\nA:", "Q: What is 2 + 2?\nA:"]
+    out = self_consistency(answer, prompts, paths=5)
+    assert len(out) == 2 and all(len(o["paths"]) == 5 for o in out)
+    for o in out:
+        assert (o["answer"], o["counts"]) == majority_vote([p["answer"] for p in o["paths"]])
+    assert len({p["text"] for p in out[0]["paths"]}) > 1  # the paths are sampled, not one path five times
+    assert self_consistency(answer, prompts, paths=5) == out  # seeded
+    with pytest.raises(ConfigError, match="at least one sampled path"):
+        self_consistency(answer, prompts, paths=0)
+
+
+def test_scoring_with_a_shared_prefix_equals_scoring_each_request_alone():
+    model, tok = tiny_lm()
+    demos = "t5 t6 t7 t8 t9 t10 t11"  # the demonstrations every prompt shares, computed once when batched
+    requests = [(f"{demos} t{q}", f" t{c}") for q in (1, 2, 3) for c in (20, 21)]  # one-token choices share rows
+    requests += [(f"{demos} t4", " t22 t23"), (f"{demos} t4 t4", " t1")]
+    alone = [continuation_logprobs(model, tok, [r])[0] for r in requests]
+    for batch_size in (2, 8):
+        for (a, greedy_a), (b, greedy_b) in zip(alone, continuation_logprobs(model, tok, requests, batch_size),
+                                                strict=True):  # fmt: skip
+            assert abs(a - b) < 1e-5 and greedy_a == greedy_b
+
+
+def tiny_t5():
+    torch.manual_seed(0)
+    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
+                         n_head=4, d_model=32, max_seq_len=16, decoder_start_id=0)  # fmt: skip
+    return build_model(config).eval(), Induction.tokenizer()
+
+
+def test_an_encoder_decoder_scores_the_continuation_as_its_target():
+    model, tok = tiny_t5()
+    requests = [("t1 t2 t3", " t4 t5"), ("t1 t2 t3", " t6"), ("t9", " t8")]
+    scores = continuation_logprobs(model, tok, requests, batch_size=2)
+    with torch.no_grad():
+        logprobs = model(torch.tensor([[1, 2, 3]]), torch.tensor([[0, 4]]))[0].log_softmax(-1)[0]
+    by_hand = logprobs[0, 4] + logprobs[1, 5]  # the start token predicts t4, t4 predicts t5
+    assert scores[0][0] == pytest.approx(float(by_hand), rel=1e-6)  # a random T5's logits are large
+    assert [s for s, _ in scores] == pytest.approx([s for s, _ in continuation_logprobs(model, tok, requests, 1)])
+
+
+def write_task(tmp_path, **fields):
+    rows = [{"word": f"t{i}", "label": "yes" if i % 2 else "no", "why": f"t{i} is {'odd' if i % 2 else 'even'}"}
+            for i in range(12)]  # fmt: skip
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"description": "Is it odd?", "question": "Q: {word}", "answer": "A: {label}", "rationale": "A: {why}",
+            "target": "label", "choices": ["yes", "no"], "extract": r"(yes|no)", "data": "data.jsonl"}  # fmt: skip
+    spec.update(fields)
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    return str(tmp_path / "task.yaml")
+
+
+def test_a_task_file_names_its_templates_choices_and_data(tmp_path):
+    data = load_prompt_task(write_task(tmp_path), limit=5, seed=1)
+    assert data.task.name == "task" and data.task.choices == ("yes", "no") and data.task.target == "label"
+    assert len(data.queries) == 5 and len(data.pool) == 12  # the pool defaults to the data; queries are sampled
+    assert data.queries == load_prompt_task(write_task(tmp_path), limit=5, seed=1).queries
+    assert data.queries != load_prompt_task(write_task(tmp_path), limit=5, seed=2).queries
+    assert data.task.continuation(data.queries[0], "yes") == " yes"
+
+
+@pytest.mark.parametrize(
+    "fields, error, message",
+    [
+        ({"question": "Q: {wrod}"}, DataError, "asks for wrod, which the examples lack; their fields are label, why"),
+        ({"choices": ["yes"]}, ConfigError, "has one choice"),
+        ({"choices": ["yes", "maybe"]}, DataError, "answers that are not among the choices .no."),
+        ({"tempalte": "x"}, ConfigError, "unknown key tempalte; a task file has name, description, question"),
+        ({"data": "none.jsonl"}, DataError, "data file '.*none.jsonl' not found"),
+    ],
+)
+def test_a_task_file_that_cannot_work_is_refused(tmp_path, fields, error, message):
+    with pytest.raises(error, match=message):
+        load_prompt_task(write_task(tmp_path, **fields))

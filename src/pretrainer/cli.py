@@ -106,6 +106,48 @@ def cmd_generate(args) -> None:
             print("-" * 40)
 
 
+def cmd_prompt(args) -> None:
+    import torch
+
+    from .convert import load_any
+    from .eval.icl import check_language_model, load_prompt_task
+    from .eval.prompting import PromptSettings, results_table, run_prompting, write_results
+    from .train.trainer import resolve_device
+
+    settings = PromptSettings(
+        shots=tuple(_numbers(args.shots, "--shots")),
+        seeds=args.seeds,
+        cot=args.cot,
+        zero_shot_cot=args.zero_shot_cot,
+        self_consistency=args.self_consistency,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    data = load_prompt_task(args.task, args.limit, args.sample_seed)
+    settings.check(data)  # before a long load
+    model, tokenizer, notes = load_any(args.model)
+    for note in notes:
+        print(f"note: {note}")
+    check_language_model(model)
+    if tokenizer is None:
+        raise CheckpointError(f"'{args.model}' has no tokenizer.json; prompting needs the model's tokenizer")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    model = model.to(device=resolve_device(args.device), dtype=dtype).eval()
+    results = run_prompting(model, tokenizer, data, settings)
+    results["model"] = args.model
+    print(results_table(results))
+    out = Path(args.out) if args.out else Path("runs") / "prompt" / f"{Path(args.model).stem}-{data.task.name}.json"
+    print("written: " + ", ".join(map(str, write_results(results, out))))
+
+
+def _numbers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} takes whole numbers separated by commas, like 0,1,4,8 (got {text!r})") from None
+
+
 def cmd_convert(args) -> None:
     from .convert import convert
 
@@ -173,6 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("prompt", help="ask a model a task in k-shot prompts, without training (in-context learning)")
+    p.add_argument(
+        "model", help="a run or checkpoint folder, a transformers folder, a .gguf file, or smollm2 (built in)"
+    )
+    p.add_argument("task", help="a task YAML file, or built in: tweets-sentiment, addition, last-letters, reversal, "
+                   "coin-flip")  # fmt: skip
+    p.add_argument("--shots", default="0", help="numbers of demonstrations, comma-separated (default 0; e.g. 0,1,4,8)")
+    p.add_argument("--seeds", type=int, default=1, help="demonstration draws per k (default 1)")
+    p.add_argument("--limit", type=int, help="ask this many queries, a seeded random sample (default: all)")
+    p.add_argument("--sample-seed", type=int, default=0, help="the seed of that sample (default 0)")
+    p.add_argument("--cot", action="store_true", help="chain of thought: demonstrations with their rationales")
+    p.add_argument("--zero-shot-cot", action="store_true", help='"Let\'s think step by step.", then the answer')
+    p.add_argument("--self-consistency", type=int, default=0, metavar="N", help="majority vote of N sampled paths")
+    p.add_argument("--temperature", type=float, default=0.7, help="of self-consistency's samples (default 0.7)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="of a generated answer (default 128)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--out", help="results JSON, a PNG beside it (default runs/prompt/MODEL-TASK.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("convert", help="to and from Hugging Face transformers checkpoints (safetensors, GGUF)")
     p.add_argument(

@@ -177,8 +177,8 @@ def test_scoring_refuses_what_it_cannot_score():
     model, tok = tiny_lm()
     with pytest.raises(DataError, match="18 tokens, more than the model.s 16 positions; shorten the prompt"):
         continuation_logprobs(model, tok, [(" ".join(["t1"] * 17), " t2")])
-    with pytest.raises(DataError, match="the context has no tokens"):
-        continuation_logprobs(model, tok, [("", "t2")])
+    with pytest.raises(DataError, match="the continuation '' has no tokens"):
+        continuation_logprobs(model, tok, [("t1", "")])
     encoder = build_model(ModelConfig(arch="encoder", vocab_size=64, n_layer=1, n_head=4, d_model=32))
     with pytest.raises(ConfigError, match="an encoder-only model .BERT. fills in masked tokens; it cannot continue"):
         continuation_logprobs(encoder, tok, [("t1", " t2")])
@@ -193,6 +193,7 @@ def english_lm():
         ["Q: What is 12 + 30? A: Let's think step by step. Therefore, the answer is 42."],
         trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
     )
+    tok.add_special_tokens(["<|endoftext|>"])
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=320, n_layer=1, n_head=4, d_model=32, max_seq_len=512)
     return build_model(config).eval(), tok

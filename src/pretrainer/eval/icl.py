@@ -28,6 +28,7 @@ import yaml
 from ..data.reasoning import generate_examples
 from ..data.sources import read_jsonl, read_text
 from ..data.tasks import builtin_task
+from ..data.tokenizer import eos_id
 from ..errors import ConfigError, DataError
 from ..model.generate import generate_texts, prefill
 
@@ -314,24 +315,34 @@ def check_language_model(model) -> None:
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16) -> list[tuple]:
     """For each (context, continuation): the log-probability of the continuation's tokens after the context,
-    and whether every one of them is also the model's most likely next token (lm-eval's `loglikelihood`).
-
-    A decoder scores `batch_size` distinct token rows at a time (requests whose context plus continuation, bar
-    its last token, are the same share a row: the choices of one prompt, when each is one token); the rows'
-    common prefix, the demonstrations of few-shot prompts, is computed once (`prefill`). An encoder-decoder reads
-    the context in its encoder, once per context, and scores the continuation as the decoder's target."""
+    and whether every one of them is also the model's most likely next token (lm-eval's `loglikelihood`). An empty
+    context is the end-of-text token, as lm-eval's own models read it. See `token_logprobs`."""
     check_language_model(model)
     if model.config.arch == "encoder_decoder":
         return _seq2seq_logprobs(model, tokenizer, requests, batch_size)
+    pairs = []
+    for context, continuation in requests:
+        ctx, cont = split_tokens(tokenizer, context, continuation)
+        if not cont:
+            raise DataError(f"the continuation {continuation!r} has no tokens; give it some text to score")
+        pairs.append((ctx or [eos_id(tokenizer)], cont))
+    return token_logprobs(model, pairs, batch_size)
+
+
+@torch.no_grad()
+def token_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[tuple]:
+    """`continuation_logprobs` on token ids, for a decoder. It runs `batch_size` distinct token rows at a time
+    (requests whose context plus continuation, bar its last token, are the same share a row: the choices of one
+    prompt, when each is one token); the rows' common prefix, the demonstrations of few-shot prompts, is computed
+    once (`prefill`), and the head runs only from the first position scored."""
     device = next(model.parameters()).device
-    pairs = [split_tokens(tokenizer, c, x) for c, x in requests]
-    for (_, continuation), (ctx, cont) in zip(requests, pairs, strict=True):  # a row reads all but the last token
-        _check_lengths(ctx, cont, continuation, len(ctx) + len(cont) - 1, model.config.max_seq_len)
+    for ctx, cont in pairs:  # a row reads all but the last token
+        _check_lengths(ctx, cont, len(ctx) + len(cont) - 1, model.config.max_seq_len)
     rows: dict[tuple[int, ...], list[int]] = {}  # a distinct input row -> the requests it serves
     for i, (ctx, cont) in enumerate(pairs):
         rows.setdefault(tuple(ctx + cont[:-1]), []).append(i)
     ordered = sorted(rows)  # neighbours share the longest prefixes
-    out: list[tuple] = [()] * len(requests)
+    out: list[tuple] = [()] * len(pairs)
     for first in range(0, len(ordered), batch_size):
         chunk = ordered[first : first + batch_size]
         inputs = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
@@ -349,11 +360,10 @@ def continuation_logprobs(model, tokenizer, requests: list[tuple[str, str]], bat
     return out
 
 
-def _check_lengths(ctx: list[int], cont: list[int], continuation: str, tokens: int, positions: int) -> None:
+def _check_lengths(ctx: list[int], cont: list[int], tokens: int, positions: int) -> None:
     """Refuse an empty context or continuation, and `tokens` (what the model reads) beyond its `positions`."""
     if not ctx or not cont:
-        empty = "context" if not ctx else f"continuation {continuation!r}"
-        raise DataError(f"the {empty} has no tokens; a continuation is scored after a non-empty context")
+        raise DataError(f"the {'context' if not ctx else 'continuation'} has no tokens; give it some text")
     if tokens > positions:
         raise DataError(
             f"a prompt and its continuation are {len(ctx) + len(cont)} tokens, more than the model's "
@@ -371,9 +381,9 @@ def _seq2seq_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_s
     contexts = list(dict.fromkeys(c for c, _ in requests))
     sources = [tokenizer.encode(c).ids for c in contexts]  # with the tokenizer's </s>, as training saw inputs
     targets = [tokenizer.encode(x.lstrip(), add_special_tokens=False).ids for _, x in requests]
-    for (context, continuation), target in zip(requests, targets, strict=True):
+    for (context, _), target in zip(requests, targets, strict=True):
         source = sources[contexts.index(context)]
-        _check_lengths(source, target, continuation, max(len(source), len(target)), model.config.max_seq_len)
+        _check_lengths(source, target, max(len(source), len(target)), model.config.max_seq_len)
     out = []
     for first in range(0, len(requests), batch_size):
         chunk = range(first, min(first + batch_size, len(requests)))

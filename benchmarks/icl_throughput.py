@@ -1,0 +1,136 @@
+"""In-context learning speed on SmolLM2-135M-Instruct: ours against the peers users would reach for, same process.
+
+1. Multiple-choice scoring: tweets-sentiment prompts with k = 4 demonstrations (seed 0, as `pretrainer prompt`
+   draws them: the same four for every query), each scored on its three labels. Ours: `continuation_logprobs`;
+   theirs: lm-evaluation-harness's own `HFLM` (`loglikelihood`) over `transformers`' model of the same weights,
+   the same requests and batch size. prompts/s and the ratio; the two must agree on every log-probability.
+2. Greedy generation: one such prompt continued by 64 tokens at batch 1, ours (`generate`, KV cache) against
+   `transformers`' `generate` (`do_sample=False`, `min_new_tokens` = `max_new_tokens`); new tokens/s and the
+   ratio; the two must write the same tokens.
+
+Both read the weights from the same GGUF file (dequantised once by `transformers`, copied into ours). Contenders
+alternate in rounds, who goes first alternating too; a ratio is the median of the rounds' ratios.
+Run: `python benchmarks/icl_throughput.py --precision fp32 bf16` (needs the [eval] extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import transformers
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+from pretrainer.convert import resolve_source
+from pretrainer.data.tokenizer import unpadded
+from pretrainer.eval.icl import build_prompt, continuation_logprobs, demonstrations, load_prompt_task
+from pretrainer.model.generate import generate
+from pretrainer.model.hf import model_from_hf
+
+TARGETS = {"scoring": 1.5, "generation": 2.0}
+
+
+def load_both():
+    gguf = resolve_source("smollm2")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ours, _ = model_from_hf(theirs.config.to_dict(), {k: v.clone() for k, v in theirs.state_dict().items()})
+    return theirs, hf_tok, ours.eval(), unpadded(hf_tok.backend_tokenizer)
+
+
+def tweet_prompts(n: int, k: int = 4) -> tuple[list[str], list[str]]:
+    data = load_prompt_task("tweets-sentiment", limit=n)
+    prompts = [build_prompt(data.task, demonstrations(data.task, data.pool, k, 0, q), q) for q in data.queries]
+    return prompts, [data.task.continuation(data.queries[0], c) for c in data.task.choices]
+
+
+def rounds(contenders: dict, n_rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender, per round, alternating who goes first."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(n_rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(what: str, unit: str, work: float, times: dict[str, list[float]], target: float) -> str:
+    ours, theirs = times["ours"], times["theirs"]
+    ratios = sorted(t / o for o, t in zip(ours, theirs, strict=True))
+    median = statistics.median(ratios)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [median, median, median]
+    verdict = "met" if median >= target else "**missed**"
+    return (
+        f"| {what} | {work / statistics.median(ours):,.1f} | {work / statistics.median(theirs):,.1f} | "
+        f"**{median:.2f}×** ({quartiles[0]:.2f}–{quartiles[2]:.2f}) | ≥ {target}× {verdict} | {unit} |"
+    )
+
+
+def scoring(theirs, hf_tok, ours, tok, precision: str, n: int, batch: int, n_rounds: int) -> str:
+    prompts, choices = tweet_prompts(n)
+    requests = [(p, c) for p in prompts for c in choices]
+    lm = HFLM(pretrained=theirs, tokenizer=hf_tok, batch_size=batch, device="cpu", dtype=theirs.dtype)
+    instances = [Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)]
+    mine = continuation_logprobs(ours, tok, requests, batch)
+    peer = lm.loglikelihood(instances, disable_tqdm=True)
+    gap = max(abs(a[0] - b[0]) for a, b in zip(mine, peer, strict=True))
+    agree = sum(a[1] == b[1] for a, b in zip(mine, peer, strict=True))
+    picks = [max(range(3), key=lambda c, i=i: scores[3 * i + c][0]) for i in range(n) for scores in (mine,)]
+    peer_picks = [max(range(3), key=lambda c, i=i: scores[3 * i + c][0]) for i in range(n) for scores in (peer,)]
+    print(f"scoring, {precision}: {n} prompts × 3 choices; max |log p ours - log p lm-eval| = {gap:.2e}; "
+          f"greedy flags agree {agree}/{len(requests)}; picks agree {sum(map(int.__eq__, picks, peer_picks))}/{n}")  # fmt: skip
+    tokens = [len(tok.encode(p).ids) for p in prompts]
+    print(f"  prompt tokens: mean {statistics.fmean(tokens):.0f}, max {max(tokens)}")
+    times = rounds({"ours": lambda: continuation_logprobs(ours, tok, requests, batch),
+                    "theirs": lambda: lm.loglikelihood(instances, disable_tqdm=True)}, n_rounds)  # fmt: skip
+    return summary(f"MC scoring, tweets k=4, batch {batch} ({precision})", "prompts/s", n, times, TARGETS["scoring"])
+
+
+def generation(theirs, hf_tok, ours, tok, precision: str, new_tokens: int, n_rounds: int) -> str:
+    prompt = tweet_prompts(1)[0][0]
+    ids = torch.tensor([tok.encode(prompt).ids])
+    mine = generate(ours, ids, new_tokens, temperature=0)[0, ids.shape[1] :]
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        peer = theirs.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)[0, ids.shape[1] :]
+    same = int((mine[: len(peer)] == peer[: len(mine)]).cumprod(0).sum())
+    print(f"generation, {precision}: prompt {ids.shape[1]} tokens, {new_tokens} new; first {same} tokens identical")
+    with torch.no_grad():
+        times = rounds({"ours": lambda: generate(ours, ids, new_tokens, temperature=0),
+                        "theirs": lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)},
+                       n_rounds)  # fmt: skip
+    return summary(f"greedy generation, batch 1 ({precision})", "new tokens/s", new_tokens, times,
+                   TARGETS["generation"])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--prompts", type=int, default=48, help="scored prompts per round (fp32; bf16 a quarter)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or 'cpu'}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    theirs32, hf_tok, ours32, tok = load_both()
+    rows = []
+    for precision in args.precision:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        theirs, ours = theirs32.to(dtype), ours32.to(dtype)
+        n = args.prompts if precision == "fp32" else max(4, args.prompts // 4)
+        rows.append(scoring(theirs, hf_tok, ours, tok, precision, n, args.batch_size, args.rounds))
+        rows.append(generation(theirs, hf_tok, ours, tok, precision, args.new_tokens, args.rounds))
+    print("\n| what | pretrainer | peer | ratio (quartiles of rounds) | target | unit |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ from pretrainer.eval.icl import (
     zero_shot_cot,
 )
 from pretrainer.model import build_model
-from pretrainer.model.generate import generate_text, generate_texts
+from pretrainer.model.generate import generate, generate_text, generate_texts, lookup_draft
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
@@ -303,3 +303,27 @@ def test_a_task_file_names_its_templates_choices_and_data(tmp_path):
 def test_a_task_file_that_cannot_work_is_refused(tmp_path, fields, error, message):
     with pytest.raises(error, match=message):
         load_prompt_task(write_task(tmp_path, **fields))
+
+
+def test_prompt_lookup_drafts_follow_earlier_occurrences():
+    assert lookup_draft([5, 6, 7, 8, 9, 5, 6], k=2) == [7, 8]  # the last two tokens occurred: what came next
+    assert lookup_draft([5, 6, 7, 1, 2, 3, 5, 6, 7, 4, 6, 7], k=3) == [4, 6, 7]  # the latest of two occurrences
+    assert lookup_draft([1, 2, 3, 4, 5, 5, 5], k=3) == [5]  # "5 5" came once before, followed by one 5
+    assert lookup_draft([1, 9, 9, 9, 9, 9, 9], k=4) == [9, 9, 9]  # a run: the occurrence with the most after it
+    assert lookup_draft([1, 2, 3], k=4) == []
+
+
+def test_greedy_decoding_with_drafts_writes_the_same_tokens_in_fewer_passes():
+    model, tok = english_lm()
+    ids = torch.tensor([tok.encode("Q: What is 12 + 30? A: 42. Q: What is 12 + 30? A:").ids])
+    passes, forward = [], model.forward
+    model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
+    assert len(passes) == 40
+    passes.clear()
+    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    assert torch.equal(drafted, plain) and len(passes) < 30  # the tiny model repeats itself: drafts get accepted
+    stop = int(plain[0, ids.shape[1] + 5])  # a stop token inside an accepted draft ends the text there
+    cut = generate(model, ids, 40, temperature=0, stop_ids=[stop])
+    first = (plain[0, ids.shape[1] :] == stop).nonzero()[0, 0]
+    assert torch.equal(cut, plain[:, : ids.shape[1] + first + 1])

@@ -79,6 +79,7 @@ def generate(
     stop_ids: Sequence[int] = (),
     should_stop: Callable[[torch.Tensor], bool] | None = None,
     padding_mask: torch.Tensor | None = None,
+    draft_tokens: int = 8,
 ) -> torch.Tensor:
     """Generate up to `max_new_tokens` tokens with a KV cache (or without, `use_cache=False`).
 
@@ -87,6 +88,12 @@ def generate(
     `model.config.decoder_start_id`. Stops early once every row has produced one of `stop_ids`, or when
     `should_stop` (given the tokens so far) says so. When the sequence outgrows the model's positions, the
     context is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
+
+    Greedy decoding of one row drafts up to `draft_tokens` tokens by prompt lookup (`lookup_draft`: what followed
+    the latest earlier occurrence of the last tokens, as in few-shot prompts and their copied formats) and checks
+    them all in one pass, keeping those the model would have chosen itself: a pass reads the weights once, which
+    is what a step of batch 1 costs, so every accepted token is a step saved. The tokens are greedy decoding's,
+    bar a near-tie that the wider pass's rounding could tip. `draft_tokens=0` decodes one token per pass.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     was_training = model.training
@@ -106,10 +113,13 @@ def generate(
             return model(tokens, cache=cache, logits_to_keep=1)[0]
 
     generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
+    speculate = draft_tokens > 0 and temperature == 0 and memory is None and out.shape[0] == 1
     cache = None
     finished = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
     stop = torch.tensor(list(stop_ids), dtype=out.dtype, device=out.device)
-    for _ in range(max_new_tokens):
+    produced = 0
+    while produced < max_new_tokens:
+        draft = []
         if use_cache and out.shape[1] < max_len:
             if cache is None:
                 length = min(max_len, out.shape[1] + max_new_tokens)
@@ -119,20 +129,52 @@ def generate(
                     cache = model.new_cache(out.shape[0], length)
                     logits = logits_for(out, cache)
             else:
-                logits = logits_for(out[:, -1:], cache)
+                room = min(max_new_tokens - produced, cache[0].k.shape[2] - cache[0].length) - 1
+                if speculate and room > 0:
+                    draft = lookup_draft(out[0].tolist(), min(draft_tokens, room))
+                fed = torch.cat([out[:, -1:], out.new_tensor([draft])], 1) if draft else out[:, -1:]
+                logits = model(fed, cache=cache, logits_to_keep=fed.shape[1])[0] if draft else logits_for(fed, cache)
         else:
             cache = None  # the window slides from here on: recompute over the last max_len tokens
             logits = logits_for(out[:, -max_len:], None)
-        token = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        out = torch.cat([out, token], dim=1)
+        if draft:
+            best = logits[0].argmax(-1)
+            accepted = int((best[:-1] == out.new_tensor(draft)).int().cumprod(0).sum())
+            tokens = best[None, : accepted + 1]  # the draft's tokens the model agrees with, then its own next one
+            for layer in cache:
+                layer.length -= len(draft) - accepted  # forget the keys and values of rejected draft tokens
+        else:
+            tokens = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
         if len(stop):
-            finished |= torch.isin(token[:, 0], stop)
-            if bool(finished.all()):
-                break
+            hit = torch.isin(tokens, stop)
+            if tokens.shape[1] > 1 and bool(hit.any()):
+                tokens = tokens[:, : int(hit[0].int().argmax()) + 1]  # nothing after the first stop token
+            finished |= hit.any(1)
+        out = torch.cat([out, tokens], dim=1)
+        produced += tokens.shape[1]
+        if len(stop) and bool(finished.all()):
+            break
         if should_stop is not None and should_stop(out):
             break
     model.train(was_training)
     return out
+
+
+def lookup_draft(tokens: list[int], k: int, longest: int = 3) -> list[int]:
+    """Prompt lookup decoding's draft (Saxena, 2023): up to `k` tokens that followed an earlier occurrence of the
+    sequence's last n tokens, for the largest n <= `longest` that occurs: the latest occurrence followed by k
+    tokens, or else the one followed by the most (a run that repeats near the end leaves little after its latest
+    occurrence). None if nothing occurs."""
+    for n in range(min(longest, len(tokens) - 1), 0, -1):
+        tail, draft = tokens[-n:], []
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tail and len(tokens) - start - n > len(draft):
+                draft = tokens[start + n : start + n + k]
+                if len(draft) == k:
+                    break
+        if draft:
+            return draft
+    return []
 
 
 def generate_texts(

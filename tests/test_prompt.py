@@ -5,9 +5,11 @@ import math
 import statistics
 
 import pytest
+import torch
 
 import pretrainer
 from pretrainer import cli
+from pretrainer.config import ModelConfig
 from pretrainer.eval.icl import (
     build_prompt,
     choose,
@@ -95,3 +97,19 @@ def test_the_prompt_command_runs_on_a_checkpoint_of_ours(tmp_path, capsys):
     assert "task: 6 queries; log-likelihood of each choice" in printed and f"written: {out}" in printed
     results = json.loads(out.read_text())
     assert [row["k"] for row in results["table"]] == [0, 1] and out.with_suffix(".png").is_file()
+
+
+def test_an_encoder_decoder_is_prompted_through_its_encoder(tmp_path):
+    _, tok = english_lm()
+    torch.manual_seed(0)
+    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=320, n_layer=1,
+                         n_head=4, d_model=32, max_seq_len=256, decoder_start_id=0)  # fmt: skip
+    t5 = build_model(config).eval()
+    data = load_prompt_task(write_task(tmp_path), limit=4)
+    scored = run_prompting(t5, tok, data, PromptSettings(shots=(0, 2)), progress=False)
+    query = data.queries[0]
+    prompt = build_prompt(data.task, demonstrations(data.task, data.pool, 2, 0, query), query)
+    (yes, _), (no, _) = continuation_logprobs(t5, tok, [(prompt, " yes"), (prompt, " no")])
+    assert scored["runs"][1]["predictions"][0]["pick"] == ("yes" if yes >= no else "no")
+    written = run_prompting(t5, tok, data, PromptSettings(shots=(2,), cot=True, max_new_tokens=5), progress=False)
+    assert all(p["answer"] == extract_answer(data.task, p["text"]) for p in written["runs"][0]["predictions"])

@@ -218,9 +218,6 @@ class Attention(nn.Module):
                 q, k = rotary(q, start), rotary(k, start)
             if cache is not None:
                 k, v = cache.append(k, v)
-        if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves a group of q heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu" and q.dtype == torch.bfloat16 and position_bias is None:
             # torch's fused CPU attention is twice as fast in fp32 as in bf16 (fwd+bwd; see
@@ -249,12 +246,20 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, key_padding_mask, position_bias, dropout):
         t, kv_len = q.shape[-2], k.shape[-2]
+        # grouped-query attention: each kv head serves a group of q heads; SDPA reads them in place (copying them
+        # per group would copy the whole KV cache at every decoding step)
+        gqa = self.n_kv_head != self.n_head
         if self.causal and key_padding_mask is None and position_bias is None and t == kv_len:
             # the same rule as attention_mask, on SDPA's fused causal path
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale,
+                                                  enable_gqa=gqa)  # fmt: skip
         mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=q.device)
         if position_bias is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
+                                                  enable_gqa=gqa)  # fmt: skip
+        if gqa:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         # T5's learned bias needs a gradient, so SDPA would take its unfused path with extra passes for fully
         # masked rows; written out, the products stay in the compute dtype and only the softmax is fp32
         scores = q @ k.transpose(-1, -2)

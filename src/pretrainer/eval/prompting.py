@@ -167,7 +167,7 @@ def _score_choices(model, tokenizer, data: PromptData, prompts: list[str], batch
         "acc_norm": _mean(p == g for p, g in zip(picks_norm, golds, strict=True)),
         "predictions": [
             {"gold": g, "pick": p, "pick_norm": pn} for g, p, pn in zip(golds, picks, picks_norm, strict=True)
-        ],  # fmt: skip
+        ],
     }
 
 

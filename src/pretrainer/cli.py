@@ -107,12 +107,9 @@ def cmd_generate(args) -> None:
 
 
 def cmd_prompt(args) -> None:
-    import torch
-
     from .convert import load_any
-    from .eval.icl import check_language_model, load_prompt_task
+    from .eval.icl import load_prompt_task, prompting_model
     from .eval.prompting import PromptSettings, results_table, run_prompting, write_results
-    from .train.trainer import resolve_device
 
     settings = PromptSettings(
         shots=tuple(_numbers(args.shots, "--shots")),
@@ -129,11 +126,7 @@ def cmd_prompt(args) -> None:
     model, tokenizer, notes = load_any(args.model)
     for note in notes:
         print(f"note: {note}")
-    check_language_model(model)
-    if tokenizer is None:
-        raise CheckpointError(f"'{args.model}' has no tokenizer.json; prompting needs the model's tokenizer")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-    model = model.to(device=resolve_device(args.device), dtype=dtype).eval()
+    model = prompting_model(model, tokenizer, args.model, args.device, args.precision)
     results = run_prompting(model, tokenizer, data, settings)
     results["model"] = args.model
     print(results_table(results))

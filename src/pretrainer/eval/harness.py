@@ -11,15 +11,13 @@ computed once), `loglikelihood_rolling` to the same over lm-eval's disjoint wind
 
 from __future__ import annotations
 
-import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ..data.tokenizer import eos_id
-from ..errors import CheckpointError
 from ..model.generate import generate_texts
-from .icl import check_language_model, continuation_logprobs, token_logprobs
+from .icl import continuation_logprobs, prompting_model, token_logprobs
 
 
 @register_model("pretrainer")
@@ -31,15 +29,10 @@ class PretrainerLM(LM):
                  precision: str = "fp32", model=None, tokenizer=None):  # fmt: skip
         super().__init__()
         from ..convert import load_any
-        from ..train.trainer import resolve_device
 
         if model is None:
             model, tokenizer, _ = load_any(path)
-        check_language_model(model)
-        if tokenizer is None:
-            raise CheckpointError(f"'{path}' has no tokenizer.json; lm-eval sends text, which needs the tokenizer")
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        self.model = model.to(device=resolve_device(device), dtype=dtype).eval()
+        self.model = prompting_model(model, tokenizer, path, device, precision)
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -56,11 +49,15 @@ class PretrainerLM(LM):
         """Each text's summed log-probability, in windows of the model's length that each predict tokens no other
         predicts (lm-eval's rule), the first after the end-of-text token."""
         eos, length = eos_id(self.tokenizer), self.model.config.max_seq_len
-        totals = []
-        for request in requests:
+        windows, owners = [], []  # every text's windows, scored in one call (batched across texts)
+        for n, request in enumerate(requests):
             ids = self.tokenizer.encode(request.args[0], add_special_tokens=False).ids
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, eos, length, 1)]
-            totals.append(sum(logprob for logprob, _ in token_logprobs(self.model, windows, self.batch_size)))
+            for window in get_rolling_token_windows(ids, eos, length, 1):
+                windows.append(make_disjoint_window(window))
+                owners.append(n)
+        totals = [0.0] * len(requests)
+        for n, (logprob, _) in zip(owners, token_logprobs(self.model, windows, self.batch_size), strict=True):
+            totals[n] += logprob
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

@@ -29,7 +29,7 @@ from ..data.reasoning import generate_examples
 from ..data.sources import read_jsonl, read_text
 from ..data.tasks import builtin_task
 from ..data.tokenizer import eos_id
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..model.generate import generate_texts, prefill
 
 
@@ -312,6 +312,18 @@ def check_language_model(model) -> None:
                           "pretrained model, or one fine-tuned text to text")  # fmt: skip
 
 
+def prompting_model(model, tokenizer, source: str, device: str = "auto", precision: str = "fp32"):
+    """`model` ready to be prompted (checked to be a language model with a tokenizer), on `device` (auto: CUDA
+    when there is one), in `precision` (fp32 | bf16), in eval mode."""
+    from ..train.trainer import resolve_device
+
+    check_language_model(model)
+    if tokenizer is None:
+        raise CheckpointError(f"'{source}' has no tokenizer.json; prompting needs the model's tokenizer")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    return model.to(device=resolve_device(device), dtype=dtype).eval()
+
+
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16) -> list[tuple]:
     """For each (context, continuation): the log-probability of the continuation's tokens after the context,
@@ -378,17 +390,17 @@ def _summed(logprobs: torch.Tensor, cont: list[int]) -> tuple[float, bool]:
 
 def _seq2seq_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_size: int) -> list[tuple]:
     device = next(model.parameters()).device
-    contexts = list(dict.fromkeys(c for c, _ in requests))
-    sources = [tokenizer.encode(c).ids for c in contexts]  # with the tokenizer's </s>, as training saw inputs
+    # each context's ids, with the tokenizer's </s>, as training saw inputs
+    sources = {c: tokenizer.encode(c).ids for c in dict.fromkeys(c for c, _ in requests)}
     targets = [tokenizer.encode(x.lstrip(), add_special_tokens=False).ids for _, x in requests]
     for (context, _), target in zip(requests, targets, strict=True):
-        source = sources[contexts.index(context)]
+        source = sources[context]
         _check_lengths(source, target, max(len(source), len(target)), model.config.max_seq_len)
     out = []
     for first in range(0, len(requests), batch_size):
         chunk = range(first, min(first + batch_size, len(requests)))
         chunk_contexts = list(dict.fromkeys(requests[i][0] for i in chunk))
-        source = [sources[contexts.index(c)] for c in chunk_contexts]
+        source = [sources[c] for c in chunk_contexts]
         input_ids, padding_mask = _padded(source, device)
         memory = model.encode(input_ids, padding_mask)  # once per context, whatever its number of choices
         rows = [chunk_contexts.index(requests[i][0]) for i in chunk]

@@ -85,3 +85,26 @@ def test_lm_eval_runs_a_custom_multiple_choice_task_on_local_jsonl(tmp_path):
         )
         right += (0 if yes >= no else 1) == int(d["label"])
     assert acc == pytest.approx(right / len(docs))
+
+
+def test_lm_evals_command_line_builds_the_model_from_its_arguments(tmp_path):
+    """As `lm_eval --model pretrainer --model_args path=CKPT` does: model_args, plus the command line's own
+    batch size and device (cuda:0 unless told; the CPU without CUDA, as lm-eval's own models fall back)."""
+    import pretrainer
+    from pretrainer.model import build_model
+    from pretrainer.train import checkpoint
+
+    _, tok = english_lm()
+    sizes = ["model.vocab_size=320", "model.n_layer=1", "model.n_head=4", "model.d_model=32", "model.max_seq_len=64"]
+    config = pretrainer.load_config(None, [*sizes, "objective.seq_len=64"])
+    (tmp_path / "ckpt").mkdir()
+    checkpoint.write_model(tmp_path / "ckpt", build_model(config.model), config, tok)
+    cli = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
+    if torch.cuda.is_available():
+        lm = PretrainerLM.create_from_arg_string(f"path={tmp_path / 'ckpt'},precision=fp32", cli)
+    else:
+        with pytest.warns(UserWarning, match="asks for device cuda:0, but CUDA is not available: running on the CPU"):
+            lm = PretrainerLM.create_from_arg_string(f"path={tmp_path / 'ckpt'},precision=fp32", cli)
+        assert next(lm.model.parameters()).device.type == "cpu"
+    assert lm.batch_size == 1 and lm.loglikelihood(requests("loglikelihood", ("Q: 7?", " A")))[0][0] < 0
+    assert PretrainerLM.create_from_arg_string(f"path={tmp_path / 'ckpt'}", {"batch_size": "auto"}).batch_size == 16

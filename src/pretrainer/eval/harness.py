@@ -1,6 +1,7 @@
 """Our models in lm-evaluation-harness: registered as its model `pretrainer` (`pip install -e .[eval]`).
 
-    python -m pretrainer.eval.harness --model pretrainer --model_args path=runs/gpt-tiny --tasks hellaswag
+    python -m pretrainer.eval.harness --model pretrainer --model_args path=runs/gpt-tiny --batch_size 16 \
+        --tasks hellaswag
 
 runs lm-eval's own command line with the model registered (lm-eval finds models by import, not by plugin);
 in Python, `lm_eval.simple_evaluate(model=PretrainerLM("runs/gpt-tiny"), tasks=[...])`. The three request kinds
@@ -11,6 +12,9 @@ computed once), `loglikelihood_rolling` to the same over lm-eval's disjoint wind
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -25,16 +29,24 @@ class PretrainerLM(LM):
     """A `pretrainer` model for lm-eval: a run or checkpoint folder, a transformers folder, a .gguf file or a
     built-in checkpoint name (`path`)."""
 
-    def __init__(self, path: str, device: str = "auto", batch_size: int | str = 16, max_gen_toks: int = 256,
-                 precision: str = "fp32", model=None, tokenizer=None):  # fmt: skip
+    def __init__(self, path: str, device: str | None = "auto", batch_size: int | str = 16,
+                 max_batch_size: int | None = None, max_gen_toks: int = 256, precision: str = "fp32", model=None,
+                 tokenizer=None):  # fmt: skip
+        """lm-eval's command line adds its own `--batch_size` (default 1; "auto" here means `max_batch_size`, or
+        16) and `--device` (default cuda:0, which falls back to the CPU without CUDA, as lm-eval's own models do)."""
         super().__init__()
         from ..convert import load_any
 
+        if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
+            if device is not None:
+                warnings.warn(f"lm-eval asks for device {device}, but CUDA is not available: running on the CPU",
+                              stacklevel=2)  # fmt: skip
+            device = "auto"
         if model is None:
             model, tokenizer, _ = load_any(path)
         self.model = prompting_model(model, tokenizer, path, device, precision)
         self.tokenizer = tokenizer
-        self.batch_size = int(batch_size)
+        self.batch_size = (max_batch_size or 16) if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
 
     @classmethod

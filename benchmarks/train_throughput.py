@@ -33,7 +33,7 @@ from pretrainer.model import Decoder, build_model
 from pretrainer.model.encoder import Encoder
 from pretrainer.model.encoder_decoder import EncoderDecoder
 from pretrainer.model.hf import config_from_hf, state_dict_from_hf
-from pretrainer.scaling.flops import count_params, flops_per_token, measured_matmul_flops, peak_flops
+from pretrainer.scaling.flops import measured_matmul_flops, model_flops, peak_flops
 
 LAYERS, D_MODEL, HEADS, D_FF, VOCAB, SEQ, BATCH = 4, 256, 4, 1024, 8192, 128, 16
 D_KV, T5_TARGET = 64, 32  # T5: head size; decoder length (inputs are SEQ tokens)
@@ -53,7 +53,7 @@ class Contest:
     theirs_loss: Callable[[nn.Module, Batch], torch.Tensor]
     batches: Callable[[int, int], Batch]  # examples first .. first+size-1
     tokens: Callable[[Batch], int]  # what tokens/s counts in a batch
-    flops_per_token: Callable[[nn.Module, ModelConfig], float]  # training FLOPs per counted token, from our model
+    flops_per_token: Callable[[ModelConfig], float]  # training FLOPs per counted token (scaling/flops.py)
     batch_size: int = BATCH
     targets: dict[str, float] = field(default_factory=lambda: TARGETS)  # per precision
 
@@ -122,7 +122,7 @@ def gpt() -> Contest:
         theirs_loss=lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss,
         batches=batches,
         tokens=lambda b: b["input_ids"].numel(),
-        flops_per_token=lambda ours, config: flops_per_token(config, count_params(ours, False), SEQ),
+        flops_per_token=lambda config: model_flops(config, SEQ) / SEQ,
     )
 
 
@@ -152,9 +152,6 @@ def bert() -> Contest:
         # BertForMaskedLM has no pooler: ours keeps a fresh one, which no loss here reaches
         return twins("bert", transformers.BertForMaskedLM, hf_config, Encoder, absent=("pooler.",))
 
-    def flops(ours, config):  # the pooler takes no part
-        return flops_per_token(config, count_params(ours, embeddings=False) - count_params(ours.pooler), SEQ)
-
     return Contest(
         title=f"BERT vs BertForMaskedLM: {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, "
         f"vocab {VOCAB}, post-LN, GELU, seq {SEQ}, batch {BATCH}",
@@ -164,7 +161,9 @@ def bert() -> Contest:
         theirs_loss=lambda m, b: m(input_ids=b["input_ids"], labels=b["targets"]).loss,
         batches=make,
         tokens=lambda b: b["input_ids"].numel(),
-        flops_per_token=flops,
+        flops_per_token=lambda config: (
+            model_flops(config, SEQ, head_share=objective.mask_prob) / SEQ
+        ),  # head: masked only
     )
 
 
@@ -212,19 +211,6 @@ def t5() -> Contest:
         )
         return twins("t5", transformers.T5ForConditionalGeneration, hf_config, EncoderDecoder)
 
-    def flops(ours, config):
-        # per example, over its input + target tokens: 6N per token for each stack's weights over the tokens they
-        # see (the cross-attention key/value projections see the encoder's), plus attention's 12·d per (query,
-        # key) pair and layer (PaLM's count, as flops_per_token): encoder self, decoder self and cross
-        attn = 12 * HEADS * D_KV
-        cross_kv = sum(block.cross_attn.kv.weight.numel() for block in ours.decoder.blocks)
-        per_example = 6 * (
-            count_params(ours.encoder, embeddings=False) * SEQ
-            + (count_params(ours.decoder, embeddings=False) - cross_kv) * T5_TARGET
-            + cross_kv * SEQ
-        ) + attn * LAYERS * (SEQ * SEQ + T5_TARGET * T5_TARGET + T5_TARGET * SEQ)
-        return per_example / (SEQ + T5_TARGET)
-
     return Contest(
         title=f"T5 v1.0 vs T5ForConditionalGeneration: {LAYERS}+{LAYERS} layers, d_model {D_MODEL}, {HEADS} heads "
         f"x d_kv {D_KV}, d_ff {D_FF} ReLU, vocab {VOCAB}, tied, buckets 32/128, input {SEQ}, target {T5_TARGET}, "
@@ -243,7 +229,7 @@ def t5() -> Contest:
         ),
         batches=batches,
         tokens=lambda b: b["input_ids"].numel() + b["decoder_input_ids"].numel(),
-        flops_per_token=flops,
+        flops_per_token=lambda config: model_flops(config, SEQ, T5_TARGET) / (SEQ + T5_TARGET),
     )
 
 
@@ -301,14 +287,11 @@ def minilm_cls() -> Contest:
             raise SystemExit(f"minilm-cls: ours and theirs disagree on the same batch: max |logit difference| {gap}")
         return theirs, ours, ours.config
 
-    def flops(ours, config):
-        # model FLOPs of the encoder body per real token: 6N over the body's weights (blocks and embedding norm;
-        # embedding lookups are no matmuls) plus attention over its own text, every layer. Not counted: the pooler
-        # and classifier (once per text, not per token) and padding (HF computes it, ours skips it, neither needs
-        # it). Ours also skips the last layer's work past keys and values for all but <cls>, so this is more than
-        # ours executes: the same yardstick for both, not ours' hardware use
-        body = count_params(ours, embeddings=False) - count_params(ours.pooler) - count_params(ours.head)
-        return flops_per_token(config, body, attended)
+    def flops(config):
+        # model FLOPs of the encoder body per real token, attending over its own text. Not counted: padding (HF
+        # computes it, ours skips it, neither needs it). Ours also skips the last layer's work past keys and values
+        # for all but <cls>, so this is more than ours executes: the same yardstick for both, not ours' hardware use
+        return model_flops(config, attended) / attended
 
     c = pretrained.config
     return Contest(
@@ -374,7 +357,7 @@ def run(name: str, contest: Contest, precision: str, rounds: int, steps_per_roun
             losses[who] += [step(b) for b in batches]
             rates[who].append(tokens / (time.perf_counter() - start))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    fpt = contest.flops_per_token(ours, config)
+    fpt = contest.flops_per_token(config)
     peak = peak_flops(torch.device("cpu"), dtype)
     print(f"\n[{name} {precision}] {contest.title}; {rounds} rounds x {steps_per_round} steps")
     for line in contest.about:

@@ -251,7 +251,7 @@ def test_epoch_order_and_batch_randomness_are_separate_streams():
         return windows.rows(n * windows.per_epoch, windows.per_epoch)[:, 0]
 
     class DrawsLikeAnEpoch:  # an objective that spends its generator as TokenWindows spends an epoch's
-        tokens_per_example = 11
+        tokens_per_example, target_tokens_per_example = 11, 0
 
         def batch(self, rows, stream, rng):
             return int(rng.integers(windows.stride)) + rng.permutation(windows.per_epoch) * windows.stride

@@ -249,6 +249,7 @@ class CausalLM:
 
     def __init__(self, seq_len: int):
         self.window, self.stride, self.tokens_per_example = seq_len + 1, seq_len, seq_len
+        self.target_tokens_per_example = 0
 
     def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         rows = torch.from_numpy(rows.astype(np.int64))
@@ -272,7 +273,7 @@ class MaskedLM:
         self.special = tokenizer_special_ids(tokenizer)
         self.word_starts = word_start_table(tokenizer) if whole_word else None
         self.window = self.stride = seq_len - 2
-        self.tokens_per_example = seq_len
+        self.tokens_per_example, self.target_tokens_per_example = seq_len, 0
 
     def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         out = {}
@@ -323,7 +324,7 @@ class SpanCorruption:
                 "data.sentinels"
             )
         self.stride = self.window
-        self.tokens_per_example = seq_len + self.target_len
+        self.tokens_per_example, self.target_tokens_per_example = seq_len + self.target_len, self.target_len
 
     def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         masks = batch_noise_masks(len(rows), self.window, self.noise_density, self.mean_span_length, rng)

@@ -242,11 +242,13 @@ class PretrainingBatches:
     """A split as the trainer reads it: `make(first, size)` builds the batch of examples first .. first+size-1
     (the objective applied to token windows), its randomness (masks, spans) drawn from (seed, the batch stream's
     tag, first), so that any batch can be rebuilt exactly; `per_epoch` examples make an epoch, each of
-    `tokens_per_example` tokens. Fine-tuning tasks offer the same three (data/tasks.py)."""
+    `tokens_per_example` tokens, `target_tokens_per_example` of them the decoder's. Fine-tuning tasks offer the
+    same (data/tasks.py)."""
 
     def __init__(self, objective, windows: TokenWindows, seed: int):
         self.objective, self.windows, self.seed = objective, windows, seed
         self.per_epoch, self.tokens_per_example = windows.per_epoch, objective.tokens_per_example
+        self.target_tokens_per_example = objective.target_tokens_per_example
 
     def make(self, first: int, size: int) -> dict:
         rng = np.random.default_rng([self.seed, _BATCH_STREAM, first])

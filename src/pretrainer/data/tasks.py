@@ -519,8 +519,9 @@ class TaskSplit:
             raise DataError(f"the {name} split has no examples left to train or evaluate on")
         self.name, self.examples, self.encoded, self.pad_id, self.seed = name, examples, encoded, pad_id, seed
         self.per_epoch = len(encoded)
-        self.tokens_per_example = float(
-            np.mean([len(e["input_ids"]) + len(e.get("decoder_input_ids", ())) for e in encoded])
+        self.target_tokens_per_example = float(np.mean([len(e.get("decoder_input_ids", ())) for e in encoded]))
+        self.tokens_per_example = (
+            float(np.mean([len(e["input_ids"]) for e in encoded])) + self.target_tokens_per_example
         )
         counts = counts or {}
         self.truncated: int = counts.get("truncated", 0)  # inputs cut to task.max_len
@@ -782,7 +783,10 @@ class MixtureSplit:
     def __init__(self, splits: list[TaskSplit], rates, seed: int):
         self.splits, self.rates, self.seed = splits, np.asarray(rates, dtype=np.float64), seed
         self.per_epoch = sum(s.per_epoch for s in splits)
-        self.tokens_per_example = float(sum(r * s.tokens_per_example for r, s in zip(self.rates, splits, strict=True)))
+        self.tokens_per_example, self.target_tokens_per_example = (
+            float(sum(r * getattr(s, key) for r, s in zip(self.rates, splits, strict=True)))
+            for key in ("tokens_per_example", "target_tokens_per_example")
+        )
         self.pad_id = splits[0].pad_id
         self._starts = [np.zeros(len(splits), dtype=np.int64)]  # per block: each task's draws before it
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}

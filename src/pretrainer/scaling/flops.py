@@ -1,38 +1,255 @@
-"""Parameter and FLOP accounting, and the peak FLOP/s that MFU is measured against."""
+"""Parameter and FLOP accounting from a config alone, and the peak FLOP/s that MFU is measured against.
+
+Two parameter counts matter and are kept apart by name:
+- `ParamCounts.non_embedding` is Kaplan et al.'s N: every parameter but the vocabulary and position ones
+  (embedding tables, relative-position biases, the output head over the vocabulary). The scaling laws use it,
+  and compute C = 6·N·D (`kaplan_flops_per_token`).
+- `matmul_params` is every weight that multiplies a token's activations, the output head included (tied or
+  not), each counted for the tokens it sees. MFU uses it (`model_flops`, PaLM's 6N + 12·L·d·T, appendix B).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import time
+import warnings
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from ..config import ModelConfig
-
-
-def count_params(model: nn.Module, embeddings: bool = True) -> int:
-    """Parameters (shared tensors counted once); without token/position embeddings if asked."""
-    seen, total = set(), 0
-    skip = set()
-    if not embeddings:
-        skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for p in model.parameters():
-        if id(p) not in seen and id(p) not in skip:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+from ..config import Config, ModelConfig
 
 
-def flops_per_token(config: ModelConfig, non_embedding_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights' matmuls (forward and backward) plus 12·L·d·T for
-    attention scores and values (PaLM, appendix B). N excludes embeddings, as in Kaplan et al., so a
-    tied output head's matmul is not counted (an untied head is a Linear and is)."""
-    return 6 * non_embedding_params + 12 * config.n_layer * config.d_model * seq_len
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # every parameter once (a tied head is the token embedding)
+    embedding: int  # vocabulary and position parameters: tables, relative biases, the output head and its bias
+    parts: dict[str, int]  # the total by part, in model order: the rows of `pretrainer scaling count`
+
+    @property
+    def non_embedding(self) -> int:
+        """Kaplan's N."""
+        return self.total - self.embedding
 
 
-# dense bf16 tensor-core peaks (FLOP/s); fp32 on these runs through TF32 at half that rate
-_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+def _linear(d_in: int, d_out: int, bias: bool) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def _norm(c: ModelConfig) -> int:
+    return c.d_model * (2 if c.norm == "layernorm" and c.bias else 1)
+
+
+def _attention_widths(c: ModelConfig) -> tuple[int, int]:
+    return c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+
+
+def _block(c: ModelConfig, cross: bool) -> int:
+    q, kv = _attention_widths(c)
+    n = _norm(c) + _linear(c.d_model, q + 2 * kv, c.bias) + _linear(q, c.d_model, c.bias)
+    if cross:
+        n += (
+            _norm(c)
+            + _linear(c.d_model, q, c.bias)
+            + _linear(c.d_model, 2 * kv, c.bias)
+            + _linear(q, c.d_model, c.bias)
+        )
+    if not c.attention_only:
+        n += (
+            _norm(c)
+            + _linear(c.d_model, (2 if c.gated_mlp else 1) * c.d_ff, c.bias)
+            + _linear(c.d_ff, c.d_model, c.bias)
+        )
+    return n
+
+
+def _task_head(c: ModelConfig) -> int:
+    return _linear(c.d_model, 2 if c.head == "span" else c.n_labels, True)
+
+
+def count_params(config: ModelConfig) -> ParamCounts:
+    """The parameters of the model `build_model(config)` makes, by part; config.vocab_size must be set."""
+    c = config.resolved()
+    if c.vocab_size is None:
+        raise ValueError("count_params needs model.vocab_size; vocab_size_for_counting(config) supplies it")
+    V, d = c.vocab_size, c.d_model
+    vocab_head = 0 if c.tie_embeddings else V * d  # a tied head is the token embedding, counted once
+    head = "output head (tied)" if c.tie_embeddings else "output head"
+    if c.arch == "decoder":
+        parts = {"token embedding": V * d, "position embedding": d * c.max_seq_len if c.positions == "learned" else 0}
+        parts |= {"blocks": c.n_layer * _block(c, cross=False), "final norm": _norm(c)}
+        parts |= {head: vocab_head} if c.head == "lm" else {"task head": _task_head(c)}
+        embedding = parts["token embedding"] + parts["position embedding"] + parts.get(head, 0)
+    elif c.arch == "encoder":
+        parts = {
+            "token embedding": V * d,
+            "position embedding": c.max_seq_len * d,
+            "segment embedding": c.type_vocab_size * d,
+            "embedding norm": _norm(c),
+            "blocks": c.n_layer * _block(c, cross=False),
+            "final norm": _norm(c) if c.norm_position == "pre" else 0,
+            "pooler": _linear(d, d, True) if c.head in ("lm", "sequence") else 0,
+        }
+        if c.head == "lm":
+            parts |= {"MLM transform": _linear(d, d, True) + _norm(c), head + " and its bias": vocab_head + V}
+            parts |= {"NSP head": _linear(d, 2, True) if c.nsp_head else 0}
+        else:
+            parts |= {"task head": _task_head(c)}
+        embedding = sum(parts[k] for k in ("token embedding", "position embedding", "segment embedding"))
+        embedding += parts.get(head + " and its bias", 0)
+    else:
+        relative = c.relative_buckets * c.n_head  # one table per stack
+        parts = {
+            "token embedding": V * d,
+            "relative position biases": 2 * relative,
+            "encoder blocks": c.n_layer * _block(c, cross=False),
+            "decoder blocks": c.n_decoder_layer * _block(c, cross=True),
+            "final norms": 2 * _norm(c),
+            head: vocab_head,
+        }
+        embedding = parts["token embedding"] + parts["relative position biases"] + parts[head]
+    return ParamCounts(total=sum(parts.values()), embedding=embedding, parts=parts)
+
+
+def vocab_size_for_counting(config: Config) -> tuple[int, str | None]:
+    """model.vocab_size, or when unset the size the trainer will give it (the tokenizer's, rounded up to 64),
+    without building shards; and a note when that size is an upper bound rather than known."""
+    if config.model.vocab_size is not None:
+        return config.model.vocab_size, None
+    tokenizer = config.data.tokenizer
+    if tokenizer == "gpt2":
+        size, note = 50257, None
+    elif tokenizer in ("bpe", "wordpiece", "unigram"):
+        size = config.data.vocab_size
+        note = f"model.vocab_size unset: counted as data.vocab_size={size} (a small corpus can train fewer tokens)"
+    else:
+        from tokenizers import Tokenizer
+
+        size, note = Tokenizer.from_file(tokenizer).get_vocab_size(), None
+    return 64 * math.ceil(size / 64), note
+
+
+def kaplan_flops_per_token(config: ModelConfig) -> float:
+    """Training compute per token as the scaling laws count it: C = 6·N·D with N non-embedding (Kaplan et al.)."""
+    return 6 * count_params(config).non_embedding
+
+
+def _block_matmuls(c: ModelConfig, cross: bool) -> tuple[int, int]:
+    """Weights that multiply each token of the block's own stream, and each token of the memory (the encoder's
+    output, which the cross-attention's key and value projections read once per decoder layer)."""
+    q, kv = _attention_widths(c)
+    own = c.d_model * (q + 2 * kv) + q * c.d_model
+    if not c.attention_only:
+        own += c.d_model * (2 if c.gated_mlp else 1) * c.d_ff + c.d_ff * c.d_model
+    if cross:
+        return own + c.d_model * q + q * c.d_model, c.d_model * 2 * kv
+    return own, 0
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """Weights that multiply every token's activations (blocks and the output head, tied or not; not the pooler
+    or a sequence head, which see one vector per text). For an encoder-decoder, the sum over both stacks; use
+    `model_flops` for its FLOPs, which weighs each stack by the tokens it reads."""
+    c = config.resolved()
+    if c.arch == "encoder_decoder":
+        own_enc, _ = _block_matmuls(c, cross=False)
+        own_dec, memory = _block_matmuls(c, cross=True)
+        return c.n_layer * own_enc + c.n_decoder_layer * (own_dec + memory) + c.vocab_size * c.d_model
+    return c.n_layer * _block_matmuls(c, cross=False)[0] + _head_matmuls(c)
+
+
+def _head_matmuls(c: ModelConfig) -> int:
+    if c.head == "lm":
+        transform = c.d_model * c.d_model if c.arch == "encoder" else 0
+        return transform + c.vocab_size * c.d_model
+    return c.d_model * 2 if c.head == "span" else c.d_model * c.n_labels if c.head == "token" else 0
+
+
+def model_flops(config: ModelConfig, input_len: float, target_len: float = 0, head_share: float = 1.0) -> float:
+    """Training FLOPs of one example (forward and backward: 3× the forward's 2 per multiply-add), as PaLM's
+    appendix B counts them: 6 per matmul weight and token it sees, plus 12·(heads·head_dim) per (query, key) pair
+    and layer for attention's scores and values (over the whole context, causal or not).
+
+    `input_len`: the tokens of a decoder's or encoder's example, an encoder-decoder's input; `target_len`: an
+    encoder-decoder's decoder tokens; `head_share`: the share of positions the output head needs (an MLM's
+    masked share: the loss needs no prediction elsewhere). Divide by the tokens counted in throughput for FLOPs
+    per token."""
+    c = config.resolved()
+    width = c.n_head * c.head_dim
+    if c.arch != "encoder_decoder":
+        if target_len:
+            raise ValueError(f"a {c.arch} reads no target tokens")
+        blocks = c.n_layer * _block_matmuls(c, cross=False)[0]
+        weights = (blocks + head_share * _head_matmuls(c)) * input_len
+        return 6 * weights + 12 * c.n_layer * width * input_len**2
+    own_enc, _ = _block_matmuls(c, cross=False)
+    own_dec, memory = _block_matmuls(c, cross=True)
+    weights = c.n_layer * own_enc * input_len + c.n_decoder_layer * (own_dec * target_len + memory * input_len)
+    weights += head_share * c.vocab_size * c.d_model * target_len
+    pairs = c.n_layer * input_len**2 + c.n_decoder_layer * (target_len**2 + target_len * input_len)
+    return 6 * weights + 12 * width * pairs
+
+
+def count_report(config: Config) -> dict:
+    """What `pretrainer scaling count` shows: the counts by part, the two Ns, and training FLOPs per token as the
+    scaling laws count them (6N) and as MFU does (`model_flops`) at the lengths the recipe trains on."""
+    from ..data.objectives import t5_lengths
+
+    vocab_size, note = vocab_size_for_counting(config)
+    if config.finetune.source:
+        note = f"the recipe's model section is counted, not its finetune.source ({config.finetune.source})"
+    m, o = dataclasses.replace(config.model, vocab_size=vocab_size).resolved(), config.objective
+    if o.name == "task":
+        inputs, targets = config.task.max_len, config.task.max_target_len if m.arch == "encoder_decoder" else 0
+    elif m.arch == "encoder_decoder":
+        inputs, targets = o.seq_len, t5_lengths(o.seq_len, o.noise_density, o.mean_span_length)[1]
+    else:
+        inputs, targets = o.seq_len, 0
+    head_share = o.mask_prob if o.name == "mlm" else 1.0  # an MLM predicts its masked tokens only
+    counts = count_params(m)
+    return {
+        "model": dataclasses.asdict(m),
+        "note": note,
+        "parts": counts.parts,
+        "total": counts.total,
+        "embedding": counts.embedding,
+        "non_embedding": counts.non_embedding,
+        "matmul": matmul_params(m),
+        "kaplan_flops_per_token": kaplan_flops_per_token(m),
+        "model_flops_per_token": model_flops(m, inputs, targets, head_share) / (inputs + targets),
+        "input_len": inputs,
+        "target_len": targets,
+    }
+
+
+# Dense peaks in FLOP/s (no 2:4 sparsity), per the vendor's data sheets: bf16 and TF32 on tensor cores, fp32 on
+# the CUDA cores. Keyed by the exact name torch.cuda.get_device_name reports: a substring would let "L4" match
+# an "L40S" or "H100" an "H100 PCIe", parts with very different peaks.
+GPU_PEAKS = {
+    "NVIDIA A100-SXM4-40GB": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "NVIDIA A100-SXM4-80GB": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "NVIDIA A100-PCIE-40GB": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "NVIDIA A100 80GB PCIe": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "NVIDIA H100 80GB HBM3": {"bf16": 989e12, "tf32": 494.5e12, "fp32": 66.9e12},  # SXM5
+    "NVIDIA H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
+    "NVIDIA H100 NVL": {"bf16": 835e12, "tf32": 417.5e12, "fp32": 60e12},
+    "NVIDIA H200": {"bf16": 989e12, "tf32": 494.5e12, "fp32": 66.9e12},  # SXM; the same die as H100 SXM5
+    "NVIDIA H200 NVL": {"bf16": 835e12, "tf32": 417.5e12, "fp32": 60e12},
+    "NVIDIA L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+    "NVIDIA L40S": {"bf16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+}
+
+
+def gpu_peak(name: str, dtype: torch.dtype, tf32: bool) -> float | None:
+    """The peak of the GPU called exactly `name` for matmuls in `dtype` (fp32 through TF32 when `tf32`)."""
+    peaks = GPU_PEAKS.get(name)
+    if peaks is None:
+        return None
+    if dtype in (torch.bfloat16, torch.float16):
+        return peaks["bf16"]  # fp16 and bf16 run at the same tensor-core rate on these parts
+    return peaks["tf32" if tf32 else "fp32"]
 
 
 @functools.cache
@@ -58,13 +275,21 @@ def measured_matmul_flops(dtype: torch.dtype = torch.float32, max_n: int = 1024,
     return 2 * n**3 / best
 
 
+@functools.cache
+def _warn_unknown_gpu(name: str) -> None:
+    known = ", ".join(GPU_PEAKS)
+    warnings.warn(f"no peak FLOP/s known for the GPU '{name}', so no MFU is reported; known: {known}", stacklevel=3)
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float | None:
-    """Peak FLOP/s of `device` for `dtype`: a table for known GPUs, a measurement on CPU, else None."""
+    """Peak FLOP/s of `device` for `dtype`: the table for known GPUs (fp32 at the TF32 rate when PyTorch's fp32
+    matmuls use TF32), a measurement on CPU, else None."""
     if device.type == "cpu":
         return measured_matmul_flops(dtype)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, bf16 in _GPU_PEAK_BF16.items():
-            if key in name:
-                return bf16 if dtype == torch.bfloat16 else bf16 / 2
+        peak = gpu_peak(name, dtype, tf32=torch.get_float32_matmul_precision() != "highest")
+        if peak is None:
+            _warn_unknown_gpu(name)
+        return peak
     return None

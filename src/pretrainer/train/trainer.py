@@ -34,7 +34,7 @@ from ..eval.attention import plot_induction_heads
 from ..eval.metrics import perplexity
 from ..files import write_atomic
 from ..model import build_model, lora
-from ..scaling.flops import count_params, flops_per_token, peak_flops
+from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
 from .metrics import MetricsLog, plot_loss
 
@@ -277,9 +277,12 @@ class Trainer:
 
         self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
         self.forward = torch.compile(self.model) if t.compile else self.model
-        self.tokens_per_step = t.batch_size * t.grad_accum * self.train_batches.tokens_per_example
-        n_params = count_params(self.model, embeddings=False)
-        self.flops_per_step = flops_per_token(config.model, n_params, self.seq_len) * self.tokens_per_step
+        examples_per_step = t.batch_size * t.grad_accum
+        self.tokens_per_step = examples_per_step * self.train_batches.tokens_per_example
+        targets = self.train_batches.target_tokens_per_example
+        inputs = self.train_batches.tokens_per_example - targets
+        head_share = config.objective.mask_prob if config.objective.name == "mlm" else 1.0
+        self.flops_per_step = model_flops(config.model, inputs, targets, head_share) * examples_per_step
         self.peak = peak_flops(self.device, self.dtype)
 
     def _prepare_pretraining(self, saved: dict | None) -> None:
@@ -288,7 +291,7 @@ class Trainer:
         config, t = self.config, self.config.train
         check = functools.partial(_check_same_data, saved, self.resumed_from) if saved else None
         self.shards = shards = prepare(config.data, check)
-        self.tokenizer, self.seq_len, self.summary = shards.tokenizer, config.objective.seq_len, []
+        self.tokenizer, self.summary = shards.tokenizer, []
         self.data = {**data_record(shards.manifest["inputs"]), "tokenizer_sha256": shards.manifest["tokenizer_sha256"]}
         if saved and saved["tokenizer_sha256"] != self.data["tokenizer_sha256"]:
             raise CheckpointError(
@@ -309,7 +312,7 @@ class Trainer:
         apart (val_loss_first_half, ...)."""
         config, t = self.config, self.config.train
         self.corpus = corpus = synthetic_corpus(config)
-        self.shards, self.tokenizer, self.seq_len, self.summary = None, corpus.tokenizer(), config.objective.seq_len, []
+        self.shards, self.tokenizer, self.summary = None, corpus.tokenizer(), []
         self.data = {"source": config.data.source}  # a resumed run's source was checked with its config
         _set_vocab_size(config.model, corpus.vocab_size)
         objective = make_objective(config, self.tokenizer)
@@ -370,7 +373,7 @@ class Trainer:
                 f"the task's examples, the tokenizer or the source's weights changed since {self.resumed_from.name} "
                 "was saved; a resumed run must see the data it was trained on: restore them, or start a new --run-dir"
             )
-        self.tokenizer, self.seq_len = tokenizer, config.task.max_len
+        self.tokenizer = tokenizer
         self.val_splits = {name: splits["validation"] for name, (_, splits) in tasks.items()}
         self.summary = []
         for task, splits in tasks.values():

@@ -283,10 +283,54 @@ CASES = [
     Case("an empty prompt", "generate {run} --prompt=", "the prompt is empty"),
     Case("a number that is not one", generate("--top-k abc"), "argument --top-k: invalid int value: 'abc'"),
     Case("an unknown device", generate("--device tpu"), "device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    # scaling: counts, sweeps, fits, predictions
+    Case("a sweep recipe without shapes", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.tokens=[1e6]",
+         "a sweep needs sweep.depths (with sweep.aspect_ratio) or sweep.shapes, one of the two"),
+    Case("a sweep shape that is not LAYERSxD_MODEL", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.shapes=[2-64] "
+         "sweep.tokens=[1e6]", "sweep.shapes entry '2-64' is not LAYERSxD_MODEL, e.g. 2x64"),
+    Case("a sweep without token or compute budgets", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.depths=[1,2]",
+         "a sweep needs sweep.tokens (a grid of token budgets), sweep.compute (IsoFLOP budgets) or both"),
+    Case("fewer points than the law has parameters", "scaling fit {tmp}/few.csv --law chinchilla",
+         "chinchilla fits five parameters (E, A, B, alpha, beta) and needs at least 6 points; these are 3",
+         files={"few.csv": "N_nonemb,D,val_loss\n1e6,1e8,3.1\n2e6,1e8,3.0\n4e6,1e8,2.9\n"}),
+    Case("a loss that is not positive", "scaling fit {tmp}/zero.csv --law kaplan",
+         "zero.csv line 3: column val_loss is 0.0; loss must be finite and positive",
+         files={"zero.csv": "N_nonemb,D,val_loss\n1e6,1e8,3.1\n2e6,1e8,0\n4e6,1e8,2.9\n"}),
+    Case("a size that is not a number", "scaling fit {tmp}/nan.csv --law kaplan",
+         "nan.csv line 2: column N_nonemb is nan; N must be finite and positive",
+         files={"nan.csv": "N_nonemb,D,val_loss\nnan,1e8,3.1\n2e6,1e8,3.0\n4e6,1e8,2.9\n"}),
+    Case("one compute budget for approach 2", "scaling fit {tmp}/one.csv --law isoflop --column C=C",
+         "isoflop needs at least two compute budgets whose sizes bracket their optimum; these points have 1;",
+         files={"one.csv": "N_nonemb,C,val_loss\n1e6,1e18,3.1\n2e6,1e18,3.0\n4e6,1e18,3.05\n"}),
+    Case("a missing column", "scaling fit {tmp}/theirs.csv --law kaplan",
+         "has no column 'val_loss' for loss (it has params, tokens, loss); name it with --column loss=NAME",
+         files={"theirs.csv": "params,tokens,loss\n1e6,1e8,3.1\n2e6,1e8,3.0\n"}),
+    Case("a CSV that is not a CSV (binary)", "scaling fit {tmp}/results.csv --law kaplan",
+         "results.csv is not a CSV file (not text)", setup="binary_csv"),
+    Case("a CSV that is not a CSV (ragged rows)", "scaling fit {tmp}/ragged.csv --law kaplan",
+         "ragged.csv is not a CSV of points: line 3 has 1 fields, the header 3",
+         files={"ragged.csv": "N_nonemb,D,val_loss\n1e6,1e8,3.1\njust some prose\n"}),
+    Case("an unknown --column key", "scaling fit {tmp}/theirs.csv --law kaplan --column tokens=D",
+         "--column tokens=... is not one of N, D, C, loss", files={"theirs.csv": "N,D,loss\n1,2,3\n"}),
+    Case("an unknown law", "scaling fit {tmp}/theirs.csv --law hoffmann --column N=N --column loss=loss",
+         "--law hoffmann is not one of kaplan, chinchilla, isoflop, envelope",
+         files={"theirs.csv": "N,D,loss\n1,2,3\n"}),
+    Case("a fit file that is not JSON", "scaling predict {tmp}/fit.json --compute 1e21",
+         "fit.json is not a FIT.json of pretrainer scaling fit (not JSON)", files={"fit.json": "law: chinchilla"}),
+    Case("a fit file without the law's parameters", "scaling predict {tmp}/fit.json --compute 1e21",
+         "the chinchilla fit lacks B, beta: is it a FIT.json of pretrainer scaling fit?",
+         files={"fit.json": '{"law": "chinchilla", "E": 1.7, "A": 400, "alpha": 0.3}'}),
+    Case("a compute budget that is not positive", "scaling predict {tmp}/fit.json --compute -1",
+         "--compute -1.0 must be a positive number of FLOPs, e.g. 1e21",
+         files={"fit.json": '{"law": "chinchilla", "E": 1.7, "A": 400, "B": 400, "alpha": 0.3, "beta": 0.3}'}),
 ]  # fmt: skip
 
 
 # setups: each makes files under tmp, or damages the copy of the trained run at `run`
+
+
+def binary_csv(tmp, run, monkeypatch):
+    (tmp / "results.csv").write_bytes(bytes(range(256)) * 4)
 
 
 def locked(tmp, run, monkeypatch):  # as root every folder is writable: make one look locked

@@ -150,6 +150,107 @@ def cmd_convert(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_scaling_count(args) -> None:
+    import json
+
+    from .scaling.flops import count_report
+
+    report = count_report(load_config(args.config, args.overrides))
+    m = report["model"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    if report["note"]:
+        print(f"note: {report['note']}")
+    shape = f"{m['n_layer']}" + (f"+{m['n_decoder_layer']}" if m["n_decoder_layer"] else "")
+    print(f"{args.config}: {m['arch']}, {shape} layers, d_model {m['d_model']}, {m['n_head']} heads, vocab "
+          f"{m['vocab_size']}")  # fmt: skip
+    for part, n in report["parts"].items():
+        print(f"  {part:32s} {n:>15,}")
+    print(f"  {'total':32s} {report['total']:>15,}")
+    print(f"  {'embedding':32s} {report['embedding']:>15,}   vocabulary and position parameters: tables, output head")
+    print(f"  {'non-embedding N':32s} {report['non_embedding']:>15,}   Kaplan's N, for the scaling laws")
+    print(f"  {'matmul weights':32s} {report['matmul']:>15,}   every weight a token meets, the output head too")
+    inputs, targets = report["input_len"], report["target_len"]
+    lengths = f"input {inputs}, target {targets}" if targets else f"context {inputs}"
+    print("training FLOPs per token:")
+    print(f"  {'6N (Kaplan, for C = 6ND)':32s} {report['kaplan_flops_per_token']:>15,.0f}")
+    print(f"  {'model FLOPs (for MFU)':32s} {report['model_flops_per_token']:>15,.0f}   6·matmul weights + attention "
+          f"12·L·d·T, {lengths}")  # fmt: skip
+
+
+def cmd_scaling_sweep(args) -> None:
+    from .scaling.sweep import sweep
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.config).stem}"
+    devices = args.devices.split(",") if args.devices else None
+    results = sweep(config, out, devices)
+    print(f"done: {results}; next: pretrainer scaling fit {results} --law chinchilla")
+
+
+def cmd_scaling_fit(args) -> None:
+    import json
+
+    from .files import write_atomic
+    from .scaling.fit import fit, read_points
+    from .scaling.plots import plot_all
+
+    columns = {}
+    for item in args.column:
+        key, sep, name = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--column takes KEY=NAME, like --column loss=val_loss (got {item!r})")
+        columns[key] = name
+    csv_path = Path(args.csv)
+    points = read_points(csv_path, columns, args.drop_highest)
+    result = fit(points, args.law, args.bootstrap, args.seed, args.variable, args.irreducible)
+    out = Path(args.out) if args.out else csv_path.with_name(f"fit-{args.law}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(result, indent=2) + "\n")
+    for budget in result.get("left_out", []):
+        print(f"note: C={budget['C']:.3g} left out: {budget['why']}")
+    print(fit_summary(result))
+    runs = csv_path.parent / "runs"
+    pictures = plot_all(points, result, out.with_suffix(""), runs if runs.is_dir() else None)
+    print("written: " + ", ".join(map(str, [out, *pictures])))
+
+
+def fit_summary(fit: dict) -> str:
+    names = {"chinchilla": ("E", "A", "B", "alpha", "beta", "a", "b"), "kaplan": ("alpha", "X_c", "E"),
+             "isoflop": ("a", "b", "loss_exponent"), "envelope": ("a", "b", "loss_exponent")}[fit["law"]]  # fmt: skip
+    intervals = fit.get("intervals", {})
+    parts = []
+    for name in names:
+        low_high = f" [{intervals[name][0]:.4g}, {intervals[name][1]:.4g}]" if name in intervals else ""
+        parts.append(f"{name} = {fit[name]:.4g}{low_high}")
+    law = fit["law"] + (f" L({fit['variable']})" if fit["law"] == "kaplan" else "")
+    return f"{law} fit on {fit['points']} points (objective {fit['objective']:.4g}): " + ", ".join(parts)
+
+
+def cmd_scaling_predict(args) -> None:
+    import json
+
+    from .scaling.fit import predict
+
+    try:
+        fit = json.loads(Path(args.fit).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no fit at {args.fit}; make one with pretrainer scaling fit") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{args.fit} is not a FIT.json of pretrainer scaling fit (not JSON)") from None
+    result = predict(fit, args.compute)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["N_opt"] is None:
+        print(f"C = {result['compute']:.3g} FLOPs: loss {result['loss']:.4f} (a kaplan L(C) fit gives no allocation)")
+    else:
+        print(
+            f"C = {result['compute']:.3g} FLOPs: N_opt {result['N_opt']:.4g} parameters, D_opt {result['D_opt']:.4g} "
+            f"tokens ({result['tokens_per_parameter']:.1f} tokens per parameter), loss {result['loss']:.4f}"
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake as one line, like every other user error, and takes no
     abbreviations (--resum would silently mean --resume)."""
@@ -238,6 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("destination", help="the folder to write (must not exist)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("scaling", help="parameter and FLOP counts, sweeps, scaling-law fits and predictions")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    p = scaling.add_parser("count", help="parameters by part, embedding and not, and training FLOPs per token")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=cmd_scaling_count)
+
+    p = scaling.add_parser("sweep", help="train the runs of a recipe's sweep section; one row each in results.csv")
+    _config_args(p)
+    p.add_argument("--out", help="the sweep's folder (default runs/sweep-CONFIG_NAME); rerun to resume")
+    p.add_argument("--devices", help="run this many at once, one per device: cuda:0,cuda:1 (default train.device)")
+    p.set_defaults(func=cmd_scaling_sweep)
+
+    p = scaling.add_parser("fit", help="fit a scaling law to a CSV of runs (a sweep's results.csv or any table)")
+    p.add_argument("csv", help="one row per run")
+    p.add_argument("--law", required=True, help="kaplan | chinchilla (approach 3) | isoflop (2) | envelope (1)")
+    p.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
+                   help="the CSV's column for N, D, C or loss (default N=N_nonemb D=D C=C loss=val_loss)")  # fmt: skip
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K", help="leave out the K highest losses")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="95%% intervals from N resamples")
+    p.add_argument("--seed", type=int, default=0, help="of the bootstrap resamples")
+    p.add_argument("--variable", default="C", help="kaplan: L of N, D or C (default C)")
+    p.add_argument("--irreducible", action="store_true", help="kaplan: add an irreducible loss E")
+    p.add_argument("--out", help="FIT.json; the plots go beside it (default fit-LAW.json beside the CSV)")
+    p.set_defaults(func=cmd_scaling_fit)
+
+    p = scaling.add_parser("predict", help="the compute-optimal size, tokens and loss at a budget, from a fit")
+    p.add_argument("fit", help="a FIT.json of pretrainer scaling fit")
+    p.add_argument("--compute", type=float, required=True, help="the budget in FLOPs, e.g. 1e21")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scaling_predict)
     return parser
 
 

@@ -223,6 +223,21 @@ class FinetuneConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A scaling sweep (`pretrainer scaling sweep`): model shapes, each trained on every token budget (`tokens`)
+    and on each compute budget's share, D = C / 6N (`compute`, IsoFLOP). Shapes are `depths` at d_model =
+    aspect_ratio x n_layer, or explicit "LAYERSxD_MODEL" strings; n_head = d_model / head_dim, d_ff = 4 d_model."""
+
+    depths: list[int] = field(default_factory=list)
+    aspect_ratio: int = 32  # d_model / n_layer for depths (Kaplan et al. find loss flat over a wide range)
+    shapes: list[str] = field(default_factory=list)  # or explicit shapes: ["1x32", "2x64", ...]
+    head_dim: int = 16
+    tokens: list[float] = field(default_factory=list)  # training tokens per run
+    compute: list[float] = field(default_factory=list)  # or IsoFLOP budgets, FLOPs as 6·N_nonemb·D
+    min_steps: int = 10  # an IsoFLOP size whose share is fewer steps is left out (and said so)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -231,6 +246,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # A task's fields by kind (the names task.columns maps from), the built-in tasks and their kinds, and the model kinds

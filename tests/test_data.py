@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from pretrainer.config import DataConfig
@@ -301,3 +302,23 @@ def test_prefetcher_closes_when_its_consumer_fails():
             assert prefetch.next() == 0
             raise RuntimeError("consumer failed")
     assert not prefetch._thread.is_alive()
+
+
+def test_prefetcher_counts_the_time_spent_waiting():
+    def slow(first, size):
+        time.sleep(0.2)
+        return {"ids": torch.full((size,), first)}
+
+    with Prefetcher(slow, first=0, batch_size=2, depth=1) as prefetch:
+        assert prefetch.waited == 0.0
+        assert prefetch.next()["ids"].tolist() == [0, 0]
+        first = prefetch.waited
+        time.sleep(0.5)  # the next batch is built meanwhile: no wait for it
+        prefetch.next()
+    assert first > 0.1 and prefetch.waited - first < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_prefetcher_pins_batches_for_the_gpu():
+    with Prefetcher(lambda first, size: {"ids": torch.arange(size)}, first=0, batch_size=2, pin=True) as prefetch:
+        assert prefetch.next()["ids"].is_pinned()

@@ -26,6 +26,7 @@ def test_loss_decreases_and_run_dir_is_complete(tiny_config, tmp_path):
     assert len(losses) == 40 and all("step" in r for r in rows)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     assert result.val_loss is not None and [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30, 40]
+    assert all(0 <= r["data_wait"] < 1 for r in rows if "loss" in r)  # a share of each row's time
     assert (run / "loss.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
     # keep_last=2: step-20 and step-40 remain, latest names step-40
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-20", "step-40"]

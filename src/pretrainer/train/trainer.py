@@ -438,10 +438,11 @@ class Trainer:
             write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         except OSError as e:
             raise CheckpointError(f"cannot write the run folder '{self.run_dir}' ({e.strerror})") from None
-        batches = Prefetcher(self.train_batches.make, self.sample, t.batch_size)
+        pin = self.device.type == "cuda"  # page-locked batches: their copies to the GPU overlap the step
+        self.batches = batches = Prefetcher(self.train_batches.make, self.sample, t.batch_size, pin=pin)
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
         self.metrics = MetricsLog(self.run_dir, keep_until_step=self.step if self.resumed_from else None)
-        self.window_start = time.perf_counter()
+        self.window_start, self.window_waited = time.perf_counter(), 0.0
         self.model.train()
         with batches, bar, self.metrics:
             for line in self.summary:
@@ -523,7 +524,8 @@ class Trainer:
         )
 
     def log(self, bar) -> None:
-        """One metrics row: the mean loss over the steps since the last row, throughput and MFU."""
+        """One metrics row: the mean loss over the steps since the last row, throughput, MFU, and data_wait: the
+        share of that time spent waiting for a batch the prefetcher had not built yet."""
         t = self.config.train
         self._stop_if_diverged()
         loss = self.loss_sum.item() / (self.window_steps * t.grad_accum)
@@ -535,13 +537,14 @@ class Trainer:
             "lr": learning_rate(self.step - 1, self.config),
             "tokens": round(self.step * self.tokens_per_step),  # a task's examples differ in length: a mean
             "tok_per_s": round(tok_s, 1),
+            "data_wait": round((self.batches.waited - self.window_waited) / elapsed, 4),
         }
         if self.peak:
             row["mfu"] = round(self.window_steps * self.flops_per_step / elapsed / self.peak, 4)
         self.metrics.log(row)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
         self.loss_sum.zero_()
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_start, self.window_steps, self.window_waited = time.perf_counter(), 0, self.batches.waited
 
     def _eval_spans(self, split) -> list[tuple[int, int]]:
         """The (first, size) batches of one evaluation: the same `eval.batches` every time (fewer if the split is

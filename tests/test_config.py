@@ -35,7 +35,7 @@ def test_unknown_key_in_yaml_names_nearest_key(tmp_path):
     "override, message",
     [
         ("model.d_model=abc", "bad value for 'model.d_model'"),
-        ("train.precision=fp16", "train.precision='fp16' is not one of fp32, bf16"),
+        ("train.precision=fp8", "train.precision='fp8' is not one of fp32, bf16, fp16"),
         ("objective.seq_len=1024", "larger than the model's positions"),
         ("model.n_head=3", "not divisible"),
         ("train.max_steps=0", "train.max_steps must be at least 1"),

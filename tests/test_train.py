@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 
 import pretrainer
 from pretrainer import cli
-from pretrainer.config import ConfigError
+from pretrainer.config import ConfigError, ModelConfig
+from pretrainer.model import build_model
 from pretrainer.train.checkpoint import CheckpointError
 from pretrainer.train.metrics import read_metrics
+from pretrainer.train.parallelize import apply_activation_checkpointing
 from tests.conftest import tiny_overrides, without_timings
 
 
@@ -143,3 +145,32 @@ def test_cli_data_train_generate(corpus, tmp_path, capsys):
     error = subprocess.run(generate + ["--top-p", "2"], capture_output=True, text=True)
     assert error.returncode == 2 and error.stdout == ""
     assert error.stderr == "error: top_p must be in (0, 1] (got 2.0); 0.9 is usual, 1 keeps every token\n"
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_activation_checkpointing_changes_memory_not_numbers(tiny_config, tmp_path, arch):
+    t5 = {"model.arch": "encoder_decoder", "model.positions": "relative", "objective.name": "span_corruption",
+          "data.tokenizer": "unigram", "data.sentinels": 20} if arch == "encoder_decoder" else {}  # fmt: skip
+    runs = {}
+    for checkpointed in (False, True):
+        settings = {"train.max_steps": 6, "train.activation_checkpointing": checkpointed, **t5}
+        runs[checkpointed] = tmp_path / str(checkpointed)
+        pretrainer.train(tiny_config(**settings), runs[checkpointed])
+    assert without_timings(runs[True]) == without_timings(runs[False])
+    a, b = (load_file(run / "checkpoints" / "step-6" / "model.safetensors") for run in runs.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpointed_blocks_recompute_in_the_backward_pass():
+    model = build_model(ModelConfig(arch="decoder", vocab_size=64, n_layer=2, d_model=32, n_head=2, max_seq_len=16))
+    calls = []
+    for i, block in enumerate(model.blocks):
+        forward = block.forward
+        block.forward = lambda *a, _i=i, _f=forward, **k: calls.append(_i) or _f(*a, **k)
+    assert apply_activation_checkpointing(model) == 2
+    ids = torch.randint(0, 64, (2, 16))
+    model(ids, targets=ids)[1].backward()
+    assert calls == [0, 1, 1, 0]  # each block once forward, and again (last first) as the gradient reaches it
+    with torch.no_grad():
+        model(ids)
+    assert calls == [0, 1, 1, 0, 0, 1]  # without gradients, nothing to recompute

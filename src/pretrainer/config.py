@@ -167,7 +167,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler; CUDA only)
+    tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (and MFU against the TF32 peak)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 1337
     log_every: int = 10
@@ -282,7 +284,7 @@ _MODEL_CHOICES = {
 }
 _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("fp32", "bf16", "fp16"),
 }
 MIXING = ("proportional", "temperature", "fixed")
 # the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text (its LM head)

@@ -37,6 +37,7 @@ from ..model import build_model, lora
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
 from .metrics import MetricsLog, plot_loss
+from .parallelize import apply_activation_checkpointing
 
 
 @dataclass
@@ -235,6 +236,13 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         t = config.train
         self.device = resolve_device(t.device)
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                f"train.precision=fp16 needs CUDA (float16 autocast with a gradient scaler); on {self.device.type} "
+                "use train.precision=bf16 or fp32"
+            )
+        if self.device.type == "cuda":  # process-wide: this process trains one model
+            torch.set_float32_matmul_precision("high" if t.tf32 else "highest")
         _check_run_dir(self.run_dir)
         self.resumed_from, state = self._resume_point(resume)
         saved_data = state.get("data") if state else None  # checkpoints older than data records have none
@@ -275,7 +283,13 @@ class Trainer:
             self.loss_sum.fill_(window["loss_sum"])
             self.window_steps = window["steps"]
 
-        self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        # fp16 gradients underflow unless the loss is scaled up; a disabled scaler passes everything through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        if state is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if t.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
         self.forward = torch.compile(self.model) if t.compile else self.model
         examples_per_step = t.batch_size * t.grad_accum
         self.tokens_per_step = examples_per_step * self.train_batches.tokens_per_example
@@ -426,7 +440,7 @@ class Trainer:
         return ckpt, state
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def fit(self) -> RunResult:
         t = self.config.train
@@ -496,12 +510,14 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batches.next().items()}
             with self.autocast():
                 _, loss = self.forward(**batch)
-            (loss / t.grad_accum).backward()
+            self.scaler.scale(loss / t.grad_accum).backward()
             self.loss_sum += loss.detach()
         self.sample += t.batch_size * t.grad_accum
         if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.window_steps += 1
@@ -616,5 +632,7 @@ class Trainer:
             "best": self.best,
             "data": self.data,
         }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         keep = self.config.train.keep_last
         checkpoint.save(self.run_dir, self.step, self.model, self.config, self.tokenizer, state, keep)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 import transformers
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
+from timing import rounds, summary
 
 from pretrainer.convert import resolve_source
 from pretrainer.data.tokenizer import unpadded
@@ -50,30 +50,6 @@ def tweet_prompts(n: int, k: int = 4) -> tuple[list[str], list[str]]:
     data = load_prompt_task("tweets-sentiment", limit=n)
     prompts = [build_prompt(data.task, demonstrations(data.task, data.pool, k, 0, q), q) for q in data.queries]
     return prompts, [data.task.continuation(data.queries[0], c) for c in data.task.choices]
-
-
-def rounds(contenders: dict, n_rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender, per round, alternating who goes first."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(n_rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summary(what: str, unit: str, work: float, times: dict[str, list[float]], target: float | None,
-            ours: str = "ours", theirs: str = "theirs") -> str:  # fmt: skip
-    ratios = sorted(t / o for o, t in zip(times[ours], times[theirs], strict=True))
-    median = statistics.median(ratios)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [median, median, median]
-    verdict = "—" if target is None else f"≥ {target}× " + ("met" if median >= target else "**missed**")
-    return (
-        f"| {what} | {work / statistics.median(times[ours]):,.1f} | {work / statistics.median(times[theirs]):,.1f} | "
-        f"**{median:.2f}×** ({quartiles[0]:.2f}–{quartiles[2]:.2f}) | {verdict} | {unit} |"
-    )
 
 
 def scoring(theirs, hf_tok, ours, tok, precision: str, n: int, batch: int, n_rounds: int) -> str:

@@ -174,3 +174,23 @@ def test_checkpointed_blocks_recompute_in_the_backward_pass():
     with torch.no_grad():
         model(ids)
     assert calls == [0, 1, 1, 0, 0, 1]  # without gradients, nothing to recompute
+
+
+KINDS = {
+    "decoder": {},
+    "encoder": {"model.arch": "encoder", "objective.name": "mlm", "data.tokenizer": "wordpiece"},
+    "encoder_decoder": {"model.arch": "encoder_decoder", "model.positions": "relative",
+                        "objective.name": "span_corruption", "data.tokenizer": "unigram", "data.sentinels": 20},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_compiled_training_matches_eager(tiny_config, tmp_path, kind):
+    """train.compile=true: 5 steps give the eager losses within 1e-4 (inductor fuses and reorders float sums)."""
+    losses = {}
+    for compiled in (False, True):
+        run = tmp_path / str(compiled)
+        pretrainer.train(tiny_config(**{"train.max_steps": 5, "train.compile": compiled, **KINDS[kind]}), run)
+        losses[compiled] = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert len(losses[True]) == 5 and losses[True] == pytest.approx(losses[False], abs=1e-4)

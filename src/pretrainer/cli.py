@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +38,8 @@ def cmd_train(args) -> None:
 
 
 def _report(result, written: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return
     scores = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.scores.items()) or "not evaluated"
     if result.already_finished:
         print(f"{result.run_dir} already finished at step {result.step} ({scores}); raise train.max_steps to train on")

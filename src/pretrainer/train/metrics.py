@@ -46,6 +46,19 @@ class MetricsLog:
         self.close()
 
 
+class NoMetrics:
+    """What the other ranks of a many-process run log: nothing (rank 0 writes metrics.jsonl)."""
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def __enter__(self) -> NoMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl; a last line without its newline (the writer was killed mid-row) is left out."""
     text = Path(path).read_text()

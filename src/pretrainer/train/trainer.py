@@ -9,6 +9,7 @@ its own validation numbers (`eval_sums`), so the loop never branches on the kind
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,7 +37,8 @@ from ..files import write_atomic
 from ..model import build_model, lora
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
-from .metrics import MetricsLog, plot_loss
+from .distributed import join, leave, own_rows, wrap
+from .metrics import MetricsLog, NoMetrics, plot_loss
 from .parallelize import apply_activation_checkpointing
 
 
@@ -187,8 +189,13 @@ def _check_same_data(saved: dict, ckpt: Path, now: dict) -> None:
 
 
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:
-    """Pretrain the model `config` describes; write metrics, checkpoints and loss.png to `run_dir`."""
-    return Trainer(config, run_dir, resume).fit()
+    """Pretrain the model `config` describes; write metrics, checkpoints and loss.png to `run_dir`. Under torchrun
+    with train.parallel=ddp, each process runs this, on its share of every batch (train/distributed.py)."""
+    trainer = Trainer(config, run_dir, resume)
+    try:
+        return trainer.fit()
+    finally:
+        leave(trainer.world)
 
 
 def finetune(
@@ -235,7 +242,11 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
         self.config, self.run_dir = config, Path(run_dir)
         t = config.train
+        self.world = join(config)
         self.device = resolve_device(t.device)
+        if self.world.size > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
+            self.device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(self.device)
         if t.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(
                 f"train.precision=fp16 needs CUDA (float16 autocast with a gradient scaler); on {self.device.type} "
@@ -247,12 +258,13 @@ class Trainer:
         self.resumed_from, state = self._resume_point(resume)
         saved_data = state.get("data") if state else None  # checkpoints older than data records have none
         pretrained, self.corpus = None, None
-        if config.objective.name == "task":
-            pretrained = self._prepare_task(saved_data)
-        elif config.data.source.startswith(PREFIX):
-            self._prepare_synthetic()
-        else:
-            self._prepare_pretraining(saved_data)
+        with self.world.main_first():  # rank 0 writes the shared caches (tokenizer, shards), the others read them
+            if config.objective.name == "task":
+                pretrained = self._prepare_task(saved_data)
+            elif config.data.source.startswith(PREFIX):
+                self._prepare_synthetic()
+            else:
+                self._prepare_pretraining(saved_data)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)
@@ -290,7 +302,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.wrapped = wrap(self.model, self.world, self.device)
+        self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
         examples_per_step = t.batch_size * t.grad_accum
         self.tokens_per_step = examples_per_step * self.train_batches.tokens_per_example
         targets = self.train_batches.target_tokens_per_example
@@ -444,22 +457,27 @@ class Trainer:
 
     def fit(self) -> RunResult:
         t = self.config.train
+        main = self.world.main
         if self.step >= t.max_steps or self._patience_lost():
-            plot_loss(self.run_dir)  # an interrupted run may have stopped between its last save and its plot
+            if main:
+                plot_loss(self.run_dir)  # an interrupted run may have stopped between its last save and its plot
             return self._result(already_finished=True)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
+            if main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         except OSError as e:
             raise CheckpointError(f"cannot write the run folder '{self.run_dir}' ({e.strerror})") from None
         pin = self.device.type == "cuda"  # page-locked batches: their copies to the GPU overlap the step
         self.batches = batches = Prefetcher(self.train_batches.make, self.sample, t.batch_size, pin=pin)
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
-        self.metrics = MetricsLog(self.run_dir, keep_until_step=self.step if self.resumed_from else None)
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and main), unit="step",
+                   dynamic_ncols=True)  # fmt: skip
+        kept = self.step if self.resumed_from else None
+        self.metrics = MetricsLog(self.run_dir, keep_until_step=kept) if main else NoMetrics()
         self.window_start, self.window_waited = time.perf_counter(), 0.0
         self.model.train()
         with batches, bar, self.metrics:
-            for line in self.summary:
+            for line in self.summary if main else ():
                 bar.write(line)
             while self.step < t.max_steps:
                 self.train_step(batches)
@@ -478,9 +496,10 @@ class Trainer:
                     bar.write(f"step {self.step}: stopping early, no better {self.config.finetune.metric} since step "
                               f"{self.best['step']} (checkpoints/best)")  # fmt: skip
                     break
-        plot_loss(self.run_dir)
-        if self.corpus is not None:
-            self._draw_induction_heads()
+        if main:
+            plot_loss(self.run_dir)
+            if self.corpus is not None:
+                self._draw_induction_heads()
         return self._result()
 
     def _draw_induction_heads(self) -> None:
@@ -506,11 +525,14 @@ class Trainer:
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before body_lr have no scale
-        for _ in range(t.grad_accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batches.next().items()}
-            with self.autocast():
-                _, loss = self.forward(**batch)
-            self.scaler.scale(loss / t.grad_accum).backward()
+        for micro in range(t.grad_accum):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in own_rows(self.world, batches.next()).items()}
+            # DDP averages gradients over the ranks in the last micro-step's backward only
+            last = micro == t.grad_accum - 1 or self.world.size == 1
+            with contextlib.nullcontext() if last else self.wrapped.no_sync():
+                with self.autocast():
+                    _, loss = self.forward(**batch)
+                self.scaler.scale(loss / t.grad_accum).backward()
             self.loss_sum += loss.detach()
         self.sample += t.batch_size * t.grad_accum
         if t.grad_clip > 0:
@@ -543,6 +565,7 @@ class Trainer:
         """One metrics row: the mean loss over the steps since the last row, throughput, MFU, and data_wait: the
         share of that time spent waiting for a batch the prefetcher had not built yet."""
         t = self.config.train
+        self.loss_sum = self.world.mean(self.loss_sum)  # the ranks' rows make the batch: their mean is its loss
         self._stop_if_diverged()
         loss = self.loss_sum.item() / (self.window_steps * t.grad_accum)
         elapsed = time.perf_counter() - self.window_start
@@ -556,7 +579,8 @@ class Trainer:
             "data_wait": round((self.batches.waited - self.window_waited) / elapsed, 4),
         }
         if self.peak:
-            row["mfu"] = round(self.window_steps * self.flops_per_step / elapsed / self.peak, 4)
+            # every process has its own device (or share of the CPU), each measured or looked up alone
+            row["mfu"] = round(self.window_steps * self.flops_per_step / elapsed / (self.peak * self.world.size), 4)
         self.metrics.log(row)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
         self.loss_sum.zero_()
@@ -595,7 +619,7 @@ class Trainer:
         language_model = self.config.model.head == "lm"
         ppl = {"val_ppl": round(perplexity(val_loss), 3)} if language_model else {}
         self.metrics.log({"step": self.step, **self.scores, **ppl})
-        if bar is not None:
+        if bar is not None and self.world.main:
             rates = "".join(f", {k[4:].replace('_', ' ')} {v:.1%}" for k, v in self.scores.items() if "accuracy" in k)
             shown_ppl = f" (ppl {ppl['val_ppl']:.1f})" if ppl else ""
             bar.write(f"step {self.step}: val loss {val_loss:.4f}{shown_ppl}{rates}")
@@ -628,11 +652,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(self.device),
             "scores": self.scores,
-            "window": {"loss_sum": self.loss_sum.item(), "steps": self.window_steps},
+            "window": {"loss_sum": self.world.mean(self.loss_sum).item(), "steps": self.window_steps},
             "best": self.best,
             "data": self.data,
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         keep = self.config.train.keep_last
-        checkpoint.save(self.run_dir, self.step, self.model, self.config, self.tokenizer, state, keep)
+        if self.world.main:  # every rank holds the same weights and optimizer state
+            checkpoint.save(self.run_dir, self.step, self.model, self.config, self.tokenizer, state, keep)
+        self.world.barrier()

@@ -194,3 +194,14 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path, kind):
         pretrainer.train(tiny_config(**{"train.max_steps": 5, "train.compile": compiled, **KINDS[kind]}), run)
         losses[compiled] = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert len(losses[True]) == 5 and losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
+    """4 micro-batches of 2 make the step one batch of 8 makes: the same examples, the same mean gradient."""
+    runs = {}
+    for batch, accum in ((8, 1), (2, 4)):
+        runs[accum] = tmp_path / f"accum{accum}"
+        settings = {"train.max_steps": 4, "train.batch_size": batch, "train.grad_accum": accum}
+        pretrainer.train(tiny_config(**settings), runs[accum])
+    one, four = ([r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] for run in runs.values())
+    assert four == pytest.approx(one, rel=1e-5) and len(one) == 4

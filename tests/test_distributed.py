@@ -14,8 +14,9 @@ import pytest
 import torch.multiprocessing as mp
 
 import pretrainer
-from pretrainer.errors import ConfigError
+from pretrainer.errors import ConfigError, TrainingError
 from pretrainer.train import checkpoint
+from pretrainer.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 
 T5 = {"model.arch": "encoder_decoder", "model.positions": "relative", "objective.name": "span_corruption",
@@ -49,6 +50,20 @@ def worker(rank: int, tmp, ports: dict, cases: dict) -> None:
         pretrainer.train(pretrainer.load_config(None, [*cases["decoder"], "train.parallel=ddp", seed]), tmp / "bad")
     except ConfigError as e:
         (tmp / f"mismatch-{rank}.txt").write_text(str(e))
+    # last, as rank 1 dies in it: at step 2 it exits, and rank 0 must stop with a message, not hang or trace back
+    os.environ["MASTER_PORT"] = str(ports["dying"])
+    step = Trainer.train_step
+
+    def dying(self, batches):
+        if rank == 1 and self.step == 2:
+            os._exit(0)
+        step(self, batches)
+
+    Trainer.train_step = dying
+    try:
+        pretrainer.train(pretrainer.load_config(None, [*cases["decoder"], "train.parallel=ddp"]), tmp / "dying")
+    except TrainingError as e:
+        (tmp / "dying-0.txt").write_text(str(e))
 
 
 def losses(run, key="loss") -> list[float]:
@@ -64,7 +79,7 @@ def two_ranks(tmp_path_factory):
     runs = cases(make_corpus(tmp / "corpus"), tmp)
     for name, overrides in runs.items():
         pretrainer.train(pretrainer.load_config(None, overrides), tmp / f"{name}-1")
-    ports = {name: free_port() for name in [*runs, "mismatch"]}
+    ports = {name: free_port() for name in [*runs, "mismatch", "dying"]}
     mp.spawn(worker, args=(tmp, ports, runs), nprocs=2, join=True)
     return tmp, runs
 
@@ -106,3 +121,10 @@ def test_a_world_that_cannot_work_is_refused_before_joining(monkeypatch, overrid
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")):
         pretrainer.train(pretrainer.load_config("configs/gpt-tiny.yaml", overrides), "unused")
+
+
+def test_a_rank_that_dies_stops_the_others_with_a_message(two_ranks):
+    tmp, _ = two_ranks
+    said = (tmp / "dying-0.txt").read_text()
+    assert said.startswith("rank 0: another process of the run stopped or stopped answering (")
+    assert said.endswith("the run continues from its last checkpoint with --resume") and "\n" not in said

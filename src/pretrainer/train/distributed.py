@@ -116,6 +116,16 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
+def peer_lost(world: World, error: RuntimeError) -> str | None:
+    """What the collective library said, when `error` is a collective failing because another rank died or hung
+    (gloo's and NCCL's errors are plain RuntimeErrors); None for any other error, which is a bug."""
+    text = str(error)
+    if world.size == 1 or not ("/gloo/" in text or "NCCL" in text or isinstance(error, dist.DistError)):
+        return None
+    first = text.split("] ", 1)[-1].split(". ")[0]  # gloo prefixes its source line
+    return first.strip()
+
+
 def leave(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()

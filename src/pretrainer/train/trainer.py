@@ -37,7 +37,7 @@ from ..files import write_atomic
 from ..model import build_model, lora
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
-from .distributed import join, leave, own_rows, wrap
+from .distributed import join, leave, own_rows, peer_lost, wrap
 from .metrics import MetricsLog, NoMetrics, plot_loss
 from .parallelize import apply_activation_checkpointing
 
@@ -194,6 +194,14 @@ def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = F
     trainer = Trainer(config, run_dir, resume)
     try:
         return trainer.fit()
+    except RuntimeError as e:
+        lost = peer_lost(trainer.world, e)
+        if lost is None:
+            raise
+        raise TrainingError(
+            f"rank {trainer.world.rank}: another process of the run stopped or stopped answering ({lost}); "
+            "the run continues from its last checkpoint with --resume"
+        ) from None
     finally:
         leave(trainer.world)
 

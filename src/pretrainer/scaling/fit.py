@@ -16,6 +16,7 @@ the allocation exponents), confidence intervals when bootstrapped, the points us
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
 from pathlib import Path
@@ -301,40 +302,31 @@ def fit_kaplan(points: dict, variable: str = "C", irreducible: bool = False, boo
     N or D, over every point given (the law holds for runs limited by that variable alone: choose them)."""
     if variable not in ("N", "D", "C"):
         raise ConfigError(f"--variable {variable} is not one of N, D, C")
-    if variable == "C":
-        points = {k: v[frontier(points)] for k, v in points.items()}
+    used = {k: v[frontier(points)] for k, v in points.items()} if variable == "C" else points
     parameters = 3 if irreducible else 2
-    _check_count(points, parameters + 1, "kaplan", f"{parameters} parameters")
-    x, loss = points[variable], points["loss"]
+    _check_count(used, parameters + 1, "kaplan", f"{parameters} parameters")
+    x, loss = used[variable], used["loss"]
     if len(np.unique(x)) < 2:
         raise DataError(f"every point has the same {variable}: a power law in {variable} needs at least two values")
-
-    def one(x, loss):
-        if not irreducible:
-            slope, intercept = np.polyfit(np.log(x), np.log(loss), 1)
-            alpha = -slope
-            return {"alpha": alpha, "X_c": math.exp(intercept / alpha) if alpha else math.inf, "E": 0.0}
+    if not irreducible:
+        slope, intercept = np.polyfit(np.log(x), np.log(loss), 1)
+        law = {"alpha": -slope, "X_c": math.exp(-intercept / slope) if slope else math.inf, "E": 0.0}
+    else:
         log_x, log_loss = (torch.from_numpy(np.log(v))[None] for v in (x, loss))
 
         def objective(p):
             c, e, alpha = p[:, 0:1], p[:, 1:2], p[:, 2:3]
-            predicted = torch.logaddexp(alpha * (c - log_x), e)
-            return huber(predicted - log_loss).sum(1)
+            return huber(torch.logaddexp(alpha * (c - log_x), e) - log_loss).sum(1)
 
         grid = {"c": np.arange(0, 50.1, 5), "e": np.arange(-1, 1.01, 0.5), "alpha": np.arange(0.05, 1.01, 0.15)}
         p, f, _ = minimize(with_autograd(objective), _grid_starts(grid, ("c", "e", "alpha")))
         c, e, alpha = p[int(torch.nan_to_num(f, nan=math.inf).argmin())].tolist()
-        return {"alpha": alpha, "X_c": math.exp(c), "E": math.exp(e)}
-
-    fit = {"law": "kaplan", "variable": variable, **one(x, loss), "points": len(loss)}
-    predicted = kaplan_loss(fit, x)
-    fit["objective"] = float(np.sum((np.log(predicted) - np.log(loss)) ** 2))
+        law = {"alpha": alpha, "X_c": math.exp(c), "E": math.exp(e)}
+    fit = {"law": "kaplan", "variable": variable, **law, "points": len(loss)}
+    fit["objective"] = float(np.sum((np.log(kaplan_loss(fit, x)) - np.log(loss)) ** 2))
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        draws = [rng.integers(0, len(x), len(x)) for _ in range(bootstrap)]
-        fits = [one(x[i], loss[i]) for i in draws if len(np.unique(x[i])) > 1]
-        fit["intervals"] = _intervals({k: np.array([f[k] for f in fits]) for k in ("alpha", "X_c", "E")})
-        fit["bootstrap"] = len(fits)
+        refit = functools.partial(fit_kaplan, variable=variable, irreducible=irreducible)
+        fit |= _resampled(points, refit, ("alpha", "X_c", "E"), bootstrap, seed)
     return fit
 
 

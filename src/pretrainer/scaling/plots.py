@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PretrainerError
 from ..train.metrics import read_metrics
-from .fit import chinchilla_loss, chinchilla_optimum, compute_budgets, frontier, kaplan_loss
+from .fit import chinchilla_loss, compute_budgets, frontier, kaplan_loss, predict
 
 
 def _figure():
@@ -42,16 +43,13 @@ def _size_colours(plt, fig, ax, n: np.ndarray) -> dict[float, tuple]:
 
 
 def law_over_compute(fit: dict, compute: np.ndarray) -> np.ndarray | None:
-    """The loss the fit predicts at each compute: at the compute-optimal (N, D) for approach 3, the power law
-    of the frontier for approaches 1 and 2, L(C) for a Kaplan fit in C; None for a Kaplan fit in N or D."""
-    law = fit["law"]
-    if law == "chinchilla":
-        if not (fit["alpha"] > 0 and fit["beta"] > 0):
-            return None
-        return np.array([chinchilla_loss(fit, *chinchilla_optimum(fit, c)) for c in compute])
-    if law in ("isoflop", "envelope"):
-        return fit["loss_coefficient"] * compute ** -fit["loss_exponent"]
-    return kaplan_loss(fit, compute) if fit["variable"] == "C" else None
+    """The loss `predict` gives at each compute (at the compute-optimal size for approaches 1-3, L(C) for a Kaplan
+    fit in C); None where the fit predicts no loss from compute (a Kaplan fit in N or D, exponents that are not
+    both positive)."""
+    try:
+        return np.array([predict(fit, c)["loss"] for c in compute])
+    except PretrainerError:
+        return None
 
 
 def plot_compute(points: dict, fit: dict, path: Path) -> Path:

@@ -56,9 +56,9 @@ class World:
             dist.barrier()
 
 
-def join(config: Config) -> World:
+def join(config: Config, device: torch.device) -> World:
     """This process's place among those torchrun started (WORLD_SIZE, RANK, LOCAL_RANK), joining their process
-    group: NCCL on CUDA, gloo on CPU. One process (no torchrun) is World()."""
+    group: NCCL when training on CUDA, gloo on CPU. One process (no torchrun) is World()."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     t = config.train
     if size == 1:
@@ -76,9 +76,7 @@ def join(config: Config) -> World:
         raise ConfigError("fine-tuning (objective.name=task) runs in one process for now; drop torchrun")
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        backend = (
-            "nccl" if t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available()) else "gloo"
-        )
+        backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=t.dist_timeout))
     _check_same_config(world, config)
     return world

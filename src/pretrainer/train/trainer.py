@@ -250,8 +250,8 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
         self.config, self.run_dir = config, Path(run_dir)
         t = config.train
-        self.world = join(config)
         self.device = resolve_device(t.device)
+        self.world = join(config, self.device)
         if self.world.size > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)

@@ -170,7 +170,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler; CUDA only)
     tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (and MFU against the TF32 peak)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
-    parallel: str = "none"  # none | ddp: under torchrun, DDP over the processes (train/distributed.py)
+    parallel: str = "none"  # none | ddp | fsdp (FSDP2): under torchrun, over the processes (train/distributed.py)
     dist_timeout: int = 300  # seconds a process waits on the others before giving up
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 1337
@@ -287,7 +287,7 @@ _MODEL_CHOICES = {
 _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
     ("train", "precision"): ("fp32", "bf16", "fp16"),
-    ("train", "parallel"): ("none", "ddp"),
+    ("train", "parallel"): ("none", "ddp", "fsdp"),
 }
 MIXING = ("proportional", "temperature", "fixed")
 # the head each task kind needs on an encoder or decoder; an encoder-decoder answers every kind as text (its LM head)

@@ -9,7 +9,6 @@ its own validation numbers (`eval_sums`), so the loop never branches on the kind
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -37,7 +36,19 @@ from ..files import write_atomic
 from ..model import build_model, lora
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
-from .distributed import join, leave, own_rows, peer_lost, wrap
+from .distributed import (
+    full_model,
+    gradient_sync,
+    join,
+    leave,
+    load_optimizer_state,
+    local_parameters,
+    optimizer_state,
+    own_rows,
+    peer_lost,
+    reshard,
+    wrap,
+)
 from .metrics import MetricsLog, NoMetrics, plot_loss
 from .parallelize import apply_activation_checkpointing
 
@@ -190,8 +201,13 @@ def _check_same_data(saved: dict, ckpt: Path, now: dict) -> None:
 
 def train(config: Config, run_dir: str | Path = "runs/default", resume: bool = False) -> RunResult:
     """Pretrain the model `config` describes; write metrics, checkpoints and loss.png to `run_dir`. Under torchrun
-    with train.parallel=ddp, each process runs this, on its share of every batch (train/distributed.py)."""
-    trainer = Trainer(config, run_dir, resume)
+    with train.parallel=ddp or fsdp, each process runs this, on its share of every batch (train/distributed.py)."""
+    return _fit(Trainer(config, run_dir, resume))
+
+
+def _fit(trainer: Trainer) -> RunResult:
+    """trainer.fit(), and when it is one of many processes, its exit from their group; a collective that fails
+    because another process died is a TrainingError (one line), not a traceback."""
     try:
         return trainer.fit()
     except RuntimeError as e:
@@ -219,7 +235,7 @@ def finetune(
         )
     if source is not None:
         config.finetune.source = source
-    return Trainer(config, run_dir, resume).fit()
+    return _fit(Trainer(config, run_dir, resume))
 
 
 def spread_spans(n: int, size: int, wanted: int) -> list[tuple[int, int]]:
@@ -284,7 +300,6 @@ class Trainer:
         elif f.freeze_body:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
-        self.optimizer = make_optimizer(self.model, config)
         self.step, self.sample, self.scores = 0, 0, {}
         # a fine-tuning run keeps checkpoints/best, and may stop early (finetune.metric, finetune.patience)
         self.best = {"value": None, "step": 0, "evals_since": 0} if config.objective.name == "task" else None
@@ -295,7 +310,6 @@ class Trainer:
                 checkpoint.load_adapters(self.model, self.resumed_from, self.device)
             else:
                 checkpoint.load_weights(self.model, self.resumed_from, self.device)
-            self.optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], self.device)
             self.step, self.sample, self.scores = state["step"], state["sample"], state.get("scores", {})
             self.best = state.get("best", self.best)
@@ -310,7 +324,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        self.wrapped = wrap(self.model, self.world, self.device)
+        self.wrapped = wrap(self.model, self.world, self.device, t.precision)
+        self.optimizer = make_optimizer(self.model, config)  # after wrap: FSDP2 replaces parameters by shards
+        if state is not None:
+            load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.world)
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
         examples_per_step = t.batch_size * t.grad_accum
         self.tokens_per_step = examples_per_step * self.train_batches.tokens_per_example
@@ -504,22 +521,21 @@ class Trainer:
                     bar.write(f"step {self.step}: stopping early, no better {self.config.finetune.metric} since step "
                               f"{self.best['step']} (checkpoints/best)")  # fmt: skip
                     break
+        model = full_model(self.model, self.world) if self.corpus is not None else None
         if main:
             plot_loss(self.run_dir)
-            if self.corpus is not None:
-                self._draw_induction_heads()
+            if model is not None:
+                self._draw_induction_heads(model)
         return self._result()
 
-    def _draw_induction_heads(self) -> None:
+    def _draw_induction_heads(self, model: torch.nn.Module) -> None:
         """RUN/attention.png: the heads that copy from the context, on the first validation sequence; their scores
         in RUN/attention.json."""
         sequences = self.corpus(self.config.train.seed + 1)
-        tokens = torch.from_numpy(sequences.rows(0, 1)[:, :-1]).to(self.device)
-        self.model.eval()
-        scores = plot_induction_heads(
-            self.model, tokens, int(sequences.period_of(0, 1)[0]), self.run_dir / "attention.png"
-        )
-        self.model.train()
+        tokens = torch.from_numpy(sequences.rows(0, 1)[:, :-1]).to(next(model.parameters()).device)
+        model.eval()
+        scores = plot_induction_heads(model, tokens, int(sequences.period_of(0, 1)[0]), self.run_dir / "attention.png")
+        model.train()
         write_atomic(self.run_dir / "attention.json", json.dumps(scores, indent=1).encode())
 
     def _result(self, already_finished: bool = False) -> RunResult:
@@ -534,12 +550,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before body_lr have no scale
         for micro in range(t.grad_accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in own_rows(self.world, batches.next()).items()}
-            # DDP averages gradients over the ranks in the last micro-step's backward only
-            last = micro == t.grad_accum - 1 or self.world.size == 1
-            with contextlib.nullcontext() if last else self.wrapped.no_sync():
+            rows, weight = own_rows(self.world, batches.next())
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in rows.items()}
+            with gradient_sync(self.wrapped, self.world, sync=micro == t.grad_accum - 1):
                 with self.autocast():
                     _, loss = self.forward(**batch)
+                    loss = loss * weight
                 self.scaler.scale(loss / t.grad_accum).backward()
             self.loss_sum += loss.detach()
         self.sample += t.batch_size * t.grad_accum
@@ -555,13 +571,16 @@ class Trainer:
     def _stop_if_diverged(self, weights: bool = False) -> None:
         """Raise TrainingError when a loss since the last log row (or, with `weights`, a weight) is not finite:
         one read from the device, at log, evaluation and save steps only."""
-        what = None
-        if not torch.isfinite(self.loss_sum):
-            what = f"loss is {self.loss_sum.item() / max(1, self.window_steps * self.config.train.grad_accum)}"
-        elif weights and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            what = "weights are no longer finite"
-        if what is None:
+        bad_loss = not torch.isfinite(self.loss_sum)
+        bad_weights = weights and not all(bool(torch.isfinite(p).all()) for p in local_parameters(self.model))
+        if self.world.size > 1:  # every rank must stop, or the others wait on it until dist_timeout
+            flags = self.world.mean(torch.tensor([bad_loss, bad_weights], dtype=torch.float32, device=self.device))
+            bad_loss, bad_weights = (flags > 0).tolist()
+        if not (bad_loss or bad_weights):
             return
+        loss = self.loss_sum.item() / max(1, self.window_steps * self.config.train.grad_accum)
+        what = f"loss is {loss if not math.isfinite(loss) else 'not finite on another rank'}" if bad_loss else None
+        what = what or "weights are no longer finite"
         good = checkpoint.latest(self.run_dir, warn=False)
         fix = "lower train.lr (or use train.precision=fp32)"
         then = f"the last good checkpoint is {good}: {fix} and --resume from it, or start again"
@@ -619,6 +638,7 @@ class Trainer:
                         total = totals.setdefault(key, [0.0, 0])
                         total[0] = total[0] + value.float()
                         total[1] = total[1] + count
+        reshard(self.model, self.world)
         self.model.train()
         self.scores = {f"val_{name}": float(value) / max(1.0, float(count)) for name, (value, count) in totals.items()}
         if self.corpus is not None:
@@ -642,7 +662,9 @@ class Trainer:
             raise ConfigError(f"finetune.metric={name} is not one of this run's numbers: {', '.join(self.scores)}")
         value, best = self.scores[name], self.best["value"]
         if best is None or (value < best if name.endswith("loss") else value > best):
-            checkpoint.save_best(self.run_dir, self.step, self.model, self.config, self.tokenizer)
+            model = full_model(self.model, self.world)
+            if self.world.main:
+                checkpoint.save_best(self.run_dir, self.step, model, self.config, self.tokenizer)
             self.best = {"value": value, "step": self.step, "evals_since": 0}
         else:
             self.best["evals_since"] += 1
@@ -657,7 +679,7 @@ class Trainer:
         state = {
             "step": self.step,
             "sample": self.sample,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.model, self.optimizer, self.world),
             "rng": _rng_state(self.device),
             "scores": self.scores,
             "window": {"loss_sum": self.world.mean(self.loss_sum).item(), "steps": self.window_steps},
@@ -667,6 +689,7 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         keep = self.config.train.keep_last
-        if self.world.main:  # every rank holds the same weights and optimizer state
-            checkpoint.save(self.run_dir, self.step, self.model, self.config, self.tokenizer, state, keep)
+        model = full_model(self.model, self.world)
+        if self.world.main:
+            checkpoint.save(self.run_dir, self.step, model, self.config, self.tokenizer, state, keep)
         self.world.barrier()

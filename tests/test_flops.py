@@ -35,6 +35,19 @@ KINDS = {
     "bert-untied": ModelConfig(arch="encoder", tie_embeddings=False, **SMALL),
     "bert-tagger": ModelConfig(arch="encoder", head="token", n_labels=5, **SMALL),
     "bert-qa": ModelConfig(arch="encoder", head="span", **SMALL),
+    "roberta": ModelConfig(arch="encoder", type_vocab_size=1, position_offset=2, norm_position="post", **SMALL),
+    "albert": ModelConfig(
+        arch="encoder",
+        type_vocab_size=2,
+        embedding_dim=8,
+        share_layers=True,
+        nsp_head=True,
+        norm_position="post",
+        **SMALL,
+    ),  # fmt: skip
+    "albert-untied": ModelConfig(arch="encoder", embedding_dim=48, tie_embeddings=False, **SMALL),
+    "distilbert": ModelConfig(arch="encoder", pooler=False, norm_position="post", **SMALL),
+    "spanbert": ModelConfig(arch="encoder", sbo_head=True, embedding_dim=16, **SMALL),
     "t5": ModelConfig(
         arch="encoder_decoder",
         positions="relative",
@@ -126,7 +139,7 @@ def _model_flops_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama", "bert-untied", "t5", "t5-v1.1"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "bert-untied", "albert", "albert-untied", "t5", "t5-v1.1"])
 def test_model_flops_equal_torchs_flop_counter(kind):
     config = KINDS[kind]
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ V = 101
 
 def hf_configs():
     common = dict(vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    V_ = dict(vocab_size=V)
     return {
         "gpt2": transformers.GPT2Config(
             n_positions=48, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
@@ -36,6 +37,21 @@ def hf_configs():
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0, initializer_range=0.2,
             **common,
+        ),
+        # roberta-base's shape rules: positions from pad_token_id + 1, one segment, eps 1e-5
+        "roberta": transformers.RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, type_vocab_size=1,
+            max_position_embeddings=50, layer_norm_eps=1e-5, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
+            initializer_range=0.2, **{**common, "pad_token_id": 1, "bos_token_id": 0},
+        ),
+        "albert": transformers.AlbertConfig(
+            embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
+            classifier_dropout_prob=0, initializer_range=0.2, **common,
+        ),
+        "distilbert": transformers.DistilBertConfig(
+            dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=48, dropout=0, attention_dropout=0,
+            initializer_range=0.2, pad_token_id=0, **V_,
         ),
         "t5-v1.0": transformers.T5Config(
             d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4, dropout_rate=0,
@@ -59,11 +75,15 @@ def hf_configs():
     }  # fmt: skip
 
 
+ENCODERS = ("bert", "roberta", "albert", "distilbert")
 HF_CLASSES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "llama3-rope": "LlamaForCausalLM",
     "bert": "BertForMaskedLM",
+    "roberta": "RobertaForMaskedLM",
+    "albert": "AlbertForPreTraining",
+    "distilbert": "DistilBertForMaskedLM",
     "t5-v1.0": "T5ForConditionalGeneration",
     "t5-v1.1": "T5ForConditionalGeneration",
     "t5-gated-silu": "T5ForConditionalGeneration",
@@ -77,7 +97,7 @@ def inputs(name, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(3, V, (2, 24), generator=g)
     pad = torch.ones(2, 24, dtype=torch.bool)
-    if name.startswith(("bert", "t5")):
+    if name.startswith(ENCODERS + ("t5",)):
         pad[1, 17:] = False
     dec = torch.randint(3, V, (2, 9), generator=g)
     dec[:, 0] = 0
@@ -85,13 +105,22 @@ def inputs(name, seed=0):
 
 
 def hf_logits(hf_model, name):
+    """Their logits; for ALBERT the MLM logits with the sentence-order logits appended to each row's first."""
     x, pad, dec = inputs(name)
     with torch.no_grad():
         if name.startswith("t5"):
             return hf_model(input_ids=x, attention_mask=pad.long(), decoder_input_ids=dec).logits, pad
-        if name == "bert":
+        if name == "albert":
+            out = hf_model(input_ids=x, attention_mask=pad.long())
+            return torch.cat([out.prediction_logits, sop_slot(out.sop_logits, x.shape[1])], -1), pad
+        if name in ENCODERS:
             return hf_model(input_ids=x, attention_mask=pad.long()).logits, pad
         return hf_model(input_ids=x).logits, pad
+
+
+def sop_slot(sop_logits, time):
+    """(batch, 2) sentence-order logits laid out as (batch, time, 2), zero but at the first position."""
+    return torch.cat([sop_logits[:, None], sop_logits.new_zeros(len(sop_logits), time - 1, 2)], 1)
 
 
 def our_logits(model, name):
@@ -99,13 +128,17 @@ def our_logits(model, name):
     with torch.no_grad():
         if name.startswith("t5"):
             return model(x, dec, padding_mask=pad)[0]
-        if name == "bert":
+        if name == "albert":
+            hidden = model.encode(x, padding_mask=pad)
+            sop = model.nsp(model.pooled(hidden))
+            return torch.cat([model.mlm_logits(hidden), sop_slot(sop, x.shape[1])], -1)
+        if name in ENCODERS:
             return model(x, padding_mask=pad)[0]
         return model(x)[0]
 
 
 def assert_same(expected, got, pad, name):
-    if name == "bert":  # logits at padding positions are meaningless
+    if name in ENCODERS:  # logits at padding positions are meaningless
         expected, got = expected[pad], got[pad]
     assert expected.abs().max() > 0.1  # the logits say something
     assert (expected - got).abs().max() <= 1e-4
@@ -166,6 +199,19 @@ OURS = {
     "bert": ModelConfig(
         arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
         norm_position="post", activation="gelu", type_vocab_size=2,
+    ),
+    "roberta": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, position_offset=2,
+        norm_position="post", activation="gelu", type_vocab_size=1,
+    ),
+    "albert": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=3, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
+        norm_position="post", activation="gelu_tanh", type_vocab_size=2, embedding_dim=16, share_layers=True,
+        nsp_head=True,
+    ),
+    "distilbert": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
+        norm_position="post", activation="gelu", pooler=False,
     ),
     "t5-v1.0": ModelConfig(
         arch="encoder_decoder", vocab_size=V, n_layer=2, n_decoder_layer=3, n_head=4, d_model=32, d_ff=64,
@@ -237,7 +283,7 @@ def test_not_every_model_fits_a_family():
         export_hf(build_model(pre_ln_bert), None, "/nonexistent/never-written")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", *ENCODERS, "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu"])
 def test_config_round_trip(name):
     """transformers config -> ours -> transformers config -> ours: the same config, and their keys kept."""
     hf = hf_configs()[name].to_dict()
@@ -466,3 +512,43 @@ def test_attention_shapes_their_family_lacks_are_refused(name, change, message, 
     with pytest.raises(ConversionError, match=f"it needs {re.escape(message)}"):
         export_hf(build_model(dataclasses.replace(OURS[name], **change)), None, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    "name, hf_config, millions",
+    [
+        ("albert", dict(embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072, vocab_size=30000), 12),  # albert-base-v2
+        ("distilbert", dict(), 66),  # distilbert-base-uncased: transformers' defaults
+    ],
+)  # fmt: skip
+def test_published_base_configs_count_what_transformers_builds(name, hf_config, millions):
+    """Our parameter count (from the config alone) of the published base models equals the parameters of
+    transformers' model of the same config: ALBERT-base's ~12M against BERT-base's ~110M, DistilBERT's ~66M."""
+    from pretrainer.scaling.flops import count_params
+
+    config = getattr(transformers, {"albert": "AlbertConfig", "distilbert": "DistilBertConfig"}[name])(**hf_config)
+    theirs = getattr(transformers, HF_CLASSES[name])(config)
+    ours = count_params(config_from_hf(config.to_dict())).total
+    assert ours == sum(p.numel() for p in theirs.parameters())
+    assert abs(ours / 1e6 - millions) < 1.5  # as the papers give them, which round and leave out the MLM head
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("roberta", dict(max_position_embeddings=2), "max_position_embeddings=2 in config.json leaves no positions"),
+        ("albert", dict(num_hidden_groups=2), "num_hidden_groups=2 and inner_group_num=1 in config.json"),
+        ("distilbert", dict(sinusoidal_pos_embds=True), "sinusoidal_pos_embds=true in config.json"),
+    ],
+)
+def test_encoder_configs_pretrainer_cannot_hold_are_refused(name, change, message):
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        config_from_hf(hf_configs()[name].to_dict() | change)
+
+
+def test_a_wide_albert_embedding_is_allowed_with_a_warning():
+    from pretrainer.config import load_config
+
+    with pytest.warns(UserWarning, match="model.embedding_dim=64 is wider than model.d_model=32"):
+        load_config(None, ["model.arch=encoder", "objective.name=mlm", "model.d_model=32", "model.embedding_dim=64"])

@@ -6,7 +6,7 @@ import torch
 
 import pretrainer
 from pretrainer.config import ConfigError, ModelConfig
-from pretrainer.data.objectives import nsp_pairs
+from pretrainer.data.objectives import sentence_pairs
 from pretrainer.model import build_model
 from pretrainer.train.metrics import read_metrics
 from tests.conftest import assert_resume_is_exact
@@ -20,7 +20,10 @@ T5 = {
     "model.activation": "relu", "model.scale_attention": False, "model.head_scale": True, "model.n_decoder_layer": 2,
     "data.tokenizer": "unigram", "data.sentinels": 20, "objective.name": "span_corruption", "train.lr": 3e-3,
 }  # fmt: skip
-MODES = {"bert": BERT, "t5": T5}
+ROBERTA = {**BERT, "data.tokenizer": "roberta", "model.position_offset": 2, "model.type_vocab_size": 1}
+ALBERT = {**BERT, "model.embedding_dim": 16, "model.share_layers": True, "model.nsp_head": True, "objective.sop": True}
+SPANBERT = {**BERT, "model.sbo_head": True, "objective.spans": True, "objective.sbo": True}
+MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "t5": T5}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -30,8 +33,11 @@ def test_pretraining_learns(mode, tiny_config, tmp_path):
     result = pretrainer.train(config, tmp_path / "run")
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
-    if mode == "bert":
+    if mode != "t5":
         assert 0.05 < result.scores["val_mlm_accuracy"] <= 1.0
+    if mode == "spanbert":  # both of its losses fall: the boundary head learns too
+        assert 0.05 < result.scores["val_sbo_accuracy"] <= 1.0
+        assert result.scores["val_mlm_loss"] < result.scores["val_loss"] - 1
 
 
 def test_bert_with_next_sentence_prediction_learns(tiny_config, tmp_path):
@@ -45,7 +51,7 @@ def test_bert_with_next_sentence_prediction_learns(tiny_config, tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="encoder", type_vocab_size=2, nsp_head=True, **SMALL))
     stream = np.random.default_rng(0).integers(5, 97, 2000)
-    pairs = nsp_pairs(stream, 32, 24, cls_id=2, sep_id=3, pad_id=0, rng=np.random.default_rng(1))
+    pairs = sentence_pairs(stream, 32, 24, cls_id=2, sep_id=3, pad_id=0, rng=np.random.default_rng(1))
     inputs = {
         "input_ids": torch.from_numpy(pairs.input_ids),
         "token_type_ids": torch.from_numpy(pairs.token_type_ids),

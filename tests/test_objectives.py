@@ -10,9 +10,10 @@ from pretrainer.data.objectives import (
     batch_noise_masks,
     make_objective,
     mask_tokens,
-    nsp_pairs,
     random_spans_noise_mask,
+    sentence_pairs,
     span_corrupt,
+    span_masks,
     t5_lengths,
     word_starts_from_tokens,
 )
@@ -183,10 +184,10 @@ def test_word_starts_from_wordpiece_tokens(texts):
     assert starts.tolist() == [[not t.startswith("##") for t in enc.tokens]]
 
 
-def test_nsp_pairs_layout_and_labels():
+def test_sentence_pairs_layout_and_labels():
     n, seq_len, cls, sep, pad = 4000, 32, 70_000, 70_001, 70_002
     tokens = np.arange(20_000, dtype=np.uint16)  # every token is its own position: spans are easy to check
-    batch = nsp_pairs(tokens, n, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
+    batch = sentence_pairs(tokens, n, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
     ids, types, attn, labels = batch
     assert ids.shape == types.shape == attn.shape == (n, seq_len) and labels.shape == (n,)
     assert (ids[:, 0] == cls).all() and ((ids == sep).sum(1) == 2).all()
@@ -203,10 +204,10 @@ def test_nsp_pairs_layout_and_labels():
             assert b_span[-1] < a_span[0] or b_span[0] > a_span[-1] + len(b_span)
     assert abs(labels.mean() - 0.5) < 0.03
     assert abs((~attn[:, -1]).mean() - 0.1) < 0.02  # the short examples, padded
-    again = nsp_pairs(tokens, n, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
+    again = sentence_pairs(tokens, n, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
     assert all((x == y).all() for x, y in zip(batch, again, strict=True))
     with pytest.raises(DataError, match="at least 3 \\* seq_len"):
-        nsp_pairs(tokens[:90], 2, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
+        sentence_pairs(tokens[:90], 2, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0))
 
 
 def test_noise_mask_statistics():
@@ -283,3 +284,63 @@ def test_t5_lengths_for_512_follow_t5():
     # T5 draws 568 tokens: 85 noise in 28 spans -> 483 + 28 + EOS = 512 inputs, 85 + 28 + EOS = 114 targets;
     # ours add the final sentinel to the targets.
     assert t5_lengths(512) == (568, 115)
+
+
+def test_sentence_order_pairs_are_consecutive_segments_swapped_half_the_time():
+    """ALBERT's SOP: both segments come from one stretch of the stream, A then B; label 1 writes B first."""
+    n, seq_len, cls, sep, pad = 4000, 32, 70_000, 70_001, 70_002
+    tokens = np.arange(20_000, dtype=np.uint16)  # every token is its own position
+    ids, types, attn, labels = sentence_pairs(
+        tokens, n, seq_len, cls_id=cls, sep_id=sep, pad_id=pad, rng=np.random.default_rng(0), order=True
+    )
+    for row, label in zip(ids, labels, strict=True):
+        s1, s2 = np.flatnonzero(row == sep)
+        first, second = row[1:s1].astype(int), row[s1 + 1 : s2].astype(int)
+        assert len(first) and len(second) and (np.diff(first) == 1).all() and (np.diff(second) == 1).all()
+        if label == 0:  # in the stream's order: the second segment continues the first
+            assert second[0] == first[-1] + 1
+        else:  # swapped: the first segment continues the second
+            assert first[0] == second[-1] + 1
+    assert abs(labels.mean() - 0.5) < 0.03 and set(np.unique(labels)) == {0, 1}
+
+
+def test_span_masking_statistics():
+    """SpanBERT's masking over 125k positions: 15% of the maskable tokens, in spans of whole words whose drawn
+    lengths follow the truncated Geometric(0.2) (mean 3.8 words), replaced span by span 80/10/10, with the
+    boundaries the span-boundary objective reads."""
+    rng = np.random.default_rng(0)
+    b, t, mask_id = 1000, 128, 4
+    ids = rng.integers(10, 1000, (b, t))
+    maskable = np.ones((b, t), bool)
+    maskable[:, 0] = maskable[:, -1] = maskable[:5, 60:] = False  # [CLS], [SEP], and padding in five rows
+    word_starts = rng.random((b, t)) < 0.7  # words of 1.4 tokens on average
+    m = span_masks(ids, maskable, word_starts, mask_id=mask_id, random_pool=np.arange(10, 1000), rng=rng)
+    targets, inputs = m.targets.numpy(), m.inputs.numpy()
+    chosen = targets != -100
+    assert maskable.sum() > 10_000 and not (chosen & ~maskable).any()
+    assert (chosen.sum(1) == np.round(0.15 * maskable.sum(1))).all()  # the budget, row by row
+    assert (targets[chosen] == ids[chosen]).all()
+
+    drawn, masked = m.span_words[:, 0], m.span_words[:, 1]
+    lengths = np.arange(1, 11)
+    expected = 0.2 * 0.8 ** (lengths - 1) / (0.2 * 0.8 ** (lengths - 1)).sum()
+    assert abs(drawn.mean() - 3.8) < 0.15 and abs((expected * lengths).sum() - 3.8) < 0.05
+    assert np.abs(np.bincount(drawn, minlength=11)[1:] / len(drawn) - expected).max() < 0.025
+    assert (masked <= drawn).all() and (masked == drawn).mean() > 0.6  # cut short only at budget, edge or span
+
+    left, right, place = m.span_left.numpy(), m.span_right.numpy(), m.span_position.numpy()
+    kinds = {"mask": 0, "random": 0, "kept": 0}
+    for row in range(b):
+        for first in np.flatnonzero(chosen[row] & (place[row] == 0)):
+            last = right[row, first]
+            span = np.arange(first, last)
+            assert left[row, first] == first - 1 and chosen[row, span].all()
+            assert (place[row, span] == span - first).all()
+            assert word_starts[row, first] or not maskable[row, first - 1]  # a span starts with a word
+            got = inputs[row, span]
+            kind = "mask" if (got == mask_id).all() else "kept" if (got == ids[row, span]).all() else "random"
+            kinds[kind] += 1  # whole spans, never a mixture of masked and kept tokens
+            assert kind != "random" or not (got == mask_id).any()
+    spans = sum(kinds.values())
+    assert spans == len(drawn) > 1000
+    assert abs(kinds["mask"] / spans - 0.8) < 0.04 and abs(kinds["kept"] / spans - 0.1) < 0.03

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -53,7 +54,12 @@ class ModelConfig:
     tie_embeddings: bool = True
     head_scale: bool = False  # encoder_decoder: decoder output times d_model^-0.5 before the head (T5 v1.0)
     type_vocab_size: int = 0  # encoder: segment (token type) embeddings; BERT uses 2
-    nsp_head: bool = False  # encoder: next-sentence prediction head on the pooled <cls>
+    position_offset: int = 0  # encoder: the first position's row in the table (RoBERTa: its padding id + 1 = 2)
+    embedding_dim: int | None = None  # encoder: ALBERT's factorised embedding: tables of this width, projected
+    share_layers: bool = False  # encoder: ALBERT's one set of block weights, applied n_layer times
+    pooler: bool = True  # encoder: BERT's tanh dense layer on <cls> (DistilBERT has none)
+    nsp_head: bool = False  # encoder: next-sentence (or sentence-order) prediction head on the pooled <cls>
+    sbo_head: bool = False  # encoder: SpanBERT's span-boundary head (an MLP over a span's two boundaries)
     decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
     head: str = "lm"  # lm (pretraining) | sequence | token | span: a fine-tuning head instead (model/heads.py)
     n_labels: int = 0  # sequence and token heads: the number of classes (1: a regression); 0: the task's
@@ -93,6 +99,17 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout}); 0.1 is usual, 0 turns it off")
         if self.type_vocab_size < 0:
             raise ConfigError(f"model.type_vocab_size must be 0 (no segments) or more (got {self.type_vocab_size})")
+        if self.position_offset < 0:
+            raise ConfigError(f"model.position_offset must be 0 or more (got {self.position_offset})")
+        if self.embedding_dim is not None:
+            _check_positive("model.embedding_dim", self.embedding_dim)
+        encoder_only = {"position_offset": 0, "embedding_dim": None, "share_layers": False, "pooler": True,
+                        "sbo_head": False}  # fmt: skip
+        for key, default in encoder_only.items():
+            if self.arch != "encoder" and getattr(self, key) != default:
+                raise ConfigError(f"model.{key} is for model.arch=encoder, not {self.arch}")
+        if self.nsp_head and not self.pooler:
+            raise ConfigError("model.nsp_head reads the pooled <cls>: set model.pooler=true, or drop the head")
         positions = {"decoder": ("learned", "rope"), "encoder": ("learned",), "encoder_decoder": ("relative",)}
         if self.positions not in positions[self.arch]:
             raise ConfigError(
@@ -136,7 +153,7 @@ def _check_positive(key: str, value: int) -> None:
 @dataclass
 class DataConfig:
     source: str = "shakespeare"  # a built-in name, or a .txt/.jsonl file, folder or glob
-    tokenizer: str = "bpe"  # bpe | wordpiece | unigram (trained here) | gpt2 | path/to/tokenizer.json
+    tokenizer: str = "bpe"  # bpe | roberta | wordpiece | unigram (trained here) | gpt2 | path/to/tokenizer.json
     vocab_size: int = 4096  # size of a tokenizer trained here
     sentinels: int = 100  # unigram: <extra_id_0> ... sentinels for span corruption
     val_fraction: float = 0.1  # share of documents (plays, files, lines of jsonl) held out
@@ -151,6 +168,9 @@ class ObjectiveConfig:
     mask_prob: float = 0.15  # mlm: share of tokens chosen (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # mlm: choose whole words
     nsp: bool = False  # mlm: also next-sentence prediction on sentence pairs
+    sop: bool = False  # mlm: also sentence-order prediction (ALBERT): consecutive segments, swapped half the time
+    spans: bool = False  # mlm: SpanBERT's masking: spans of whole words (Geometric(0.2) lengths, at most 10)
+    sbo: bool = False  # mlm with spans: also SpanBERT's span-boundary objective (needs model.sbo_head)
     noise_density: float = 0.15  # span_corruption: share of tokens masked
     mean_span_length: float = 3.0  # span_corruption
 
@@ -400,6 +420,12 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
     m, o, t = config.model, config.objective, config.train
+    if m.embedding_dim and m.embedding_dim > m.d_model:
+        warnings.warn(
+            f"model.embedding_dim={m.embedding_dim} is wider than model.d_model={m.d_model}: the factorised embedding "
+            "saves parameters only when it is narrower (ALBERT-base: 128 against 768)",
+            stacklevel=2,
+        )
     if o.name == "task":
         _check_task(config)
         m = config.model
@@ -422,8 +448,16 @@ def validate(config: Config) -> None:
             raise ConfigError(f"objective.{key} must be between 0 and 1 (got {getattr(o, key)}); 0.15 is usual")
     if o.mean_span_length < 1:
         raise ConfigError(f"objective.mean_span_length must be at least 1 token (got {o.mean_span_length})")
-    if o.nsp and not m.nsp_head:
-        raise ConfigError("objective.nsp=true needs a head to predict with: set model.nsp_head=true")
+    if o.nsp and o.sop:
+        raise ConfigError("objective.nsp and objective.sop are two tasks for one head: choose one")
+    for task in ("nsp", "sop"):
+        if getattr(o, task) and not m.nsp_head:
+            raise ConfigError(f"objective.{task}=true needs a head to predict with: set model.nsp_head=true")
+    if o.sbo and not (o.spans and m.sbo_head):
+        raise ConfigError(
+            "objective.sbo=true predicts masked spans from their boundaries: it needs objective.spans=true and "
+            "model.sbo_head=true"
+        )
     _check_positive("data.vocab_size", config.data.vocab_size)
     if not 0.0 < config.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (got {config.data.val_fraction})")

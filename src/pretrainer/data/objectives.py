@@ -1,5 +1,6 @@
 """Pretraining objectives built on the fly from token windows: BERT's masked LM (optionally whole-word, optionally
-with next-sentence pairs) and T5's span corruption.
+with next-sentence or, as ALBERT, sentence-order pairs; or as SpanBERT, spans of words with a span-boundary
+objective) and T5's span corruption.
 
 All are vectorised over the batch and draw only from the generator they are given, so a batch is a pure function
 of its tokens and the generator's state: seed the generator from (seed, example index) and a resumed run rebuilds
@@ -62,6 +63,76 @@ def mask_tokens(
     return inputs, torch.where(chosen, input_ids, IGNORE)
 
 
+class SpanMasks(NamedTuple):
+    inputs: torch.Tensor  # (B, T) int64: the corrupted ids
+    targets: torch.Tensor  # (B, T) int64: the original ids where masked, -100 elsewhere
+    span_left: torch.Tensor  # (B, T) int64: at a masked position, the position just before its span (else 0)
+    span_right: torch.Tensor  # (B, T) int64: ... the position just after its span
+    span_position: torch.Tensor  # (B, T) int64: ... and its place in the span, 0 for the first token
+    span_words: np.ndarray  # (spans, 2): each span's length in words as drawn, and as masked (cut short or not)
+
+
+def span_masks(
+    ids: np.ndarray,
+    maskable: np.ndarray,
+    word_starts: np.ndarray,
+    *,
+    mask_id: int,
+    random_pool: np.ndarray,
+    rng: np.random.Generator,
+    budget: float = 0.15,
+    p: float = 0.2,
+    max_words: int = 10,
+) -> SpanMasks:
+    """SpanBERT's masking (Joshi et al., 2020): spans of whole words instead of single tokens, until
+    round(`budget` × the row's maskable tokens) tokens are masked.
+
+    Each span's length in words is drawn from Geometric(`p`) cut off at `max_words` and renormalised, as SpanBERT's
+    code draws it (mean 3.8 words for p = 0.2, the paper's ℓ̄). It
+    starts at the first token of the word of a uniformly drawn maskable token not yet masked and takes that many
+    words, cut short at the budget (the row's last span may end mid-word), at a token that cannot be masked
+    ([CLS], [SEP], padding) or at another span. Spans are replaced whole, as SpanBERT does: 80% of them by
+    `mask_id`, 10% by tokens drawn from `random_pool`, 10% kept. Also returns, per masked token, what the
+    span-boundary objective reads: the positions that frame its span and its place in it."""
+    b, t = ids.shape
+    inputs, targets = ids.copy(), np.full_like(ids, IGNORE)
+    left, right, place = (np.zeros_like(ids) for _ in range(3))
+    follows_unmaskable = np.concatenate([np.ones((b, 1), bool), ~maskable[:, :-1]], axis=1)
+    words = np.cumsum(word_starts | ~maskable | follows_unmaskable, axis=1)  # a word number per token
+    lengths = np.arange(1, max_words + 1)
+    chances = p * (1 - p) ** (lengths - 1)
+    spans = []
+    for row in range(b):
+        ok, word = maskable[row], words[row]
+        left_to_mask = int(round(budget * ok.sum()))
+        masked = np.zeros(t, dtype=bool)
+        while left_to_mask > 0:
+            drawn = int(rng.choice(lengths, p=chances / chances.sum()))
+            free = np.flatnonzero(ok & ~masked)
+            first = int(free[rng.integers(len(free))])
+            while first > 0 and word[first - 1] == word[first] and not masked[first - 1]:
+                first -= 1
+            last = first
+            while last < t and ok[last] and not masked[last] and word[last] < word[first] + drawn:
+                last += 1
+            last = min(last, first + left_to_mask)
+            span = np.arange(first, last)
+            masked[span] = True
+            left_to_mask -= len(span)
+            spans.append((drawn, int(word[last - 1] - word[first] + 1)))
+            targets[row, span] = ids[row, span]
+            action = rng.random()
+            if action < 0.8:
+                inputs[row, span] = mask_id
+            elif action < 0.9:
+                inputs[row, span] = random_pool[rng.integers(len(random_pool), size=len(span))]
+            left[row, span], right[row, span], place[row, span] = first - 1, last, span - first
+    as_tensor = torch.from_numpy
+    return SpanMasks(
+        as_tensor(inputs), as_tensor(targets), as_tensor(left), as_tensor(right), as_tensor(place), np.array(spans)
+    )
+
+
 def word_start_table(tok: Tokenizer) -> torch.Tensor:
     """(vocab size,) bool, True for every token but WordPiece's "##" continuations: index it with token ids."""
     starts = torch.ones(tok.get_vocab_size(), dtype=torch.bool)
@@ -75,14 +146,16 @@ def word_starts_from_tokens(ids: torch.Tensor, tok: Tokenizer) -> torch.Tensor:
     return word_start_table(tok).to(ids.device)[ids]
 
 
-class NSPBatch(NamedTuple):
+class PairBatch(NamedTuple):
     input_ids: np.ndarray  # (n, seq_len) int64: [CLS] A [SEP] B [SEP], then padding
     token_type_ids: np.ndarray  # (n, seq_len) int64: 0 on [CLS] A [SEP], 1 on B [SEP], 0 on padding
     attention_mask: np.ndarray  # (n, seq_len) bool: True on real tokens
-    nsp_labels: np.ndarray  # (n,) int64: 0 when B follows A (IsNext, as HF's BertForPreTraining), 1 when random
+    # (n,) int64, as transformers' heads read them: NSP 0 when B follows A (IsNext), 1 when random; SOP 0 in the
+    # stream's order, 1 swapped
+    nsp_labels: np.ndarray
 
 
-def nsp_pairs(
+def sentence_pairs(
     tokens: np.ndarray,
     n: int,
     seq_len: int,
@@ -92,13 +165,16 @@ def nsp_pairs(
     pad_id: int,
     rng: np.random.Generator,
     short_seq_prob: float = 0.1,
-) -> NSPBatch:
-    """BERT's next-sentence pairs cut from a flat token stream.
+    order: bool = False,
+) -> PairBatch:
+    """BERT's next-sentence pairs cut from a flat token stream, or with `order` ALBERT's sentence-order pairs.
 
-    A is a random span; B is what follows it (probability 0.5) or a span from elsewhere that overlaps neither A
-    nor A's continuation. A and B share seq_len - 3 tokens, split at a uniformly random point; as in BERT, a
-    fraction `short_seq_prob` of the examples get a uniformly random shorter total and are padded. The stream has
-    no sentence boundaries, so spans start and end anywhere, across documents too.
+    A is a random span. NSP: B is what follows it (probability 0.5) or a span from elsewhere that overlaps neither
+    A nor A's continuation. SOP: B always follows A, and half the pairs are written B first; the segments are
+    then always consecutive and on one topic, so only their order tells the label (NSP's random B can be told by
+    its topic alone, which is why ALBERT replaced it). A and B share seq_len - 3 tokens, split at a uniformly random
+    point; as in BERT, a fraction `short_seq_prob` of the examples get a uniformly random shorter total and are
+    padded. The stream has no sentence boundaries, so spans start and end anywhere, across documents too.
     """
     budget = seq_len - 3  # A and B together
     if budget < 2:
@@ -115,8 +191,19 @@ def nsp_pairs(
     # after the continuation, wrapped around it ends before A begins.
     starts = len(tokens) - len_b + 1
     elsewhere = (follow + rng.integers(budget, starts - budget + 1)) % starts
-    is_next = rng.random(n) < 0.5
-    b_start = np.where(is_next, follow, elsewhere)
+    if order:
+        swapped = rng.random(n) < 0.5
+        a_start, len_a, b_start, len_b = (
+            np.where(swapped, follow, a_start),
+            np.where(swapped, len_b, len_a),
+            np.where(swapped, a_start, follow),
+            np.where(swapped, len_a, len_b),
+        )
+        labels = swapped.astype(np.int64)
+    else:
+        is_next = rng.random(n) < 0.5
+        b_start = np.where(is_next, follow, elsewhere)
+        labels = (~is_next).astype(np.int64)
 
     j = np.arange(seq_len)
     la, b0, lb = len_a[:, None], len_a[:, None] + 2, len_b[:, None]  # b0: where B begins
@@ -127,7 +214,7 @@ def nsp_pairs(
     ids[in_a] = tokens[(a_start[:, None] + j - 1)[in_a]]
     ids[in_b] = tokens[(b_start[:, None] + j - b0)[in_b]]
     token_types = ((j >= b0) & (j <= b0 + lb)).astype(np.int64)
-    return NSPBatch(ids, token_types, j < (total + 3)[:, None], (~is_next).astype(np.int64))
+    return PairBatch(ids, token_types, j < (total + 3)[:, None], labels)
 
 
 def _noise_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
@@ -256,31 +343,53 @@ class CausalLM:
         return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
 
 
-class MaskedLM:
-    """BERT: `[CLS] tokens [SEP]` (or `[CLS] A [SEP] B [SEP]` pairs with NSP), masked anew in every batch."""
+# [CLS] [SEP] [MASK] [PAD] as BERT's WordPiece spells them, and as RoBERTa's byte-level BPE does
+MLM_SPECIALS = (("[CLS]", "[SEP]", "[MASK]", "[PAD]"), ("<s>", "</s>", "<mask>", "<pad>"))
 
-    def __init__(self, seq_len: int, tokenizer: Tokenizer, mask_prob: float, whole_word: bool, nsp: bool):
-        fix = "use data.tokenizer=wordpiece"
-        self.cls, self.sep, self.mask, self.pad = _special(tokenizer, ["[CLS]", "[SEP]", "[MASK]", "[PAD]"], "mlm", fix)
-        shortest = 5 if nsp else 3  # [CLS] A [SEP] B [SEP] needs a token in A and in B; [CLS] x [SEP] one
+
+class MaskedLM:
+    """BERT: `[CLS] tokens [SEP]` (or `[CLS] A [SEP] B [SEP]` pairs with NSP or SOP), masked anew in every batch:
+    RoBERTa's dynamic masking. RoBERTa's tokenizer writes them `<s> tokens </s>`."""
+
+    def __init__(
+        self,
+        seq_len: int,
+        tokenizer: Tokenizer,
+        mask_prob: float,
+        whole_word: bool,
+        nsp: bool,
+        sop: bool = False,
+        spans: bool = False,
+        sbo: bool = False,
+    ):
+        names = next((n for n in MLM_SPECIALS if tokenizer.token_to_id(n[0]) is not None), MLM_SPECIALS[0])
+        fix = "use data.tokenizer=wordpiece (BERT's) or data.tokenizer=roberta (RoBERTa's byte-level BPE)"
+        self.cls, self.sep, self.mask, self.pad = _special(tokenizer, names, "mlm", fix)
+        pairs = nsp or sop
+        shortest = 5 if pairs else 3  # [CLS] A [SEP] B [SEP] needs a token in A and in B; [CLS] x [SEP] one
         if seq_len < shortest:
             raise ConfigError(
-                f"objective.seq_len={seq_len} is too short for {'[CLS] A [SEP] B [SEP]' if nsp else '[CLS] x [SEP]'}"
+                f"objective.seq_len={seq_len} is too short for {'[CLS] A [SEP] B [SEP]' if pairs else '[CLS] x [SEP]'}"
                 f" with a token to mask; use at least {shortest}"
             )
-        self.seq_len, self.mask_prob, self.nsp = seq_len, mask_prob, nsp
+        self.seq_len, self.mask_prob, self.pairs, self.sop = seq_len, mask_prob, pairs, sop
         self.tokenizer_vocab_size = tokenizer.get_vocab_size()
         self.special = tokenizer_special_ids(tokenizer)
-        self.word_starts = word_start_table(tokenizer) if whole_word else None
+        self.word_starts = word_start_table(tokenizer) if whole_word or spans else None
+        self.spans, self.sbo = spans, sbo
+        pool = torch.ones(self.tokenizer_vocab_size, dtype=torch.bool)
+        pool[[i for i in {*self.special, self.mask} if i < self.tokenizer_vocab_size]] = False
+        self.random_pool = pool.nonzero().squeeze(1).numpy()  # what a randomly replaced span is drawn from
         self.window = self.stride = seq_len - 2
         self.tokens_per_example, self.target_tokens_per_example = seq_len, 0
 
     def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         out = {}
-        if self.nsp:
-            pairs = nsp_pairs(
-                stream, len(rows), self.seq_len, cls_id=self.cls, sep_id=self.sep, pad_id=self.pad, rng=rng
-            )
+        if self.pairs:
+            pairs = sentence_pairs(
+                stream, len(rows), self.seq_len, cls_id=self.cls, sep_id=self.sep, pad_id=self.pad, rng=rng,
+                order=self.sop,
+            )  # fmt: skip
             ids = torch.from_numpy(pairs.input_ids)
             out["token_type_ids"] = torch.from_numpy(pairs.token_type_ids)
             out["padding_mask"] = torch.from_numpy(pairs.attention_mask)
@@ -290,8 +399,19 @@ class MaskedLM:
             ids = torch.from_numpy(
                 np.concatenate([np.full((n, 1), self.cls), rows.astype(np.int64), np.full((n, 1), self.sep)], axis=1)
             )
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         word_starts = self.word_starts[ids] if self.word_starts is not None else None
+        if self.spans:
+            maskable = ~torch.isin(ids, torch.tensor(sorted({*self.special, self.mask})))
+            masks = span_masks(
+                ids.numpy(), maskable.numpy(), word_starts.numpy(), mask_id=self.mask, random_pool=self.random_pool,
+                rng=rng, budget=self.mask_prob,
+            )  # fmt: skip
+            out["input_ids"], out["targets"] = masks.inputs, masks.targets
+            if self.sbo:
+                out |= {"span_left": masks.span_left, "span_right": masks.span_right}
+                out["span_position"] = masks.span_position
+            return out
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         out["input_ids"], out["targets"] = mask_tokens(
             ids, mask_id=self.mask, tokenizer_vocab_size=self.tokenizer_vocab_size, special_ids=self.special,
             generator=generator, mask_prob=self.mask_prob, word_starts=word_starts,
@@ -342,7 +462,7 @@ def make_objective(config, tokenizer: Tokenizer):
     """The objective a Config asks for, bound to its tokenizer and model."""
     o, m = config.objective, config.model
     if o.name == "mlm":
-        return MaskedLM(o.seq_len, tokenizer, o.mask_prob, o.whole_word, o.nsp)
+        return MaskedLM(o.seq_len, tokenizer, o.mask_prob, o.whole_word, o.nsp, o.sop, o.spans, o.sbo)
     if o.name == "span_corruption":
         return SpanCorruption(o.seq_len, tokenizer, o.noise_density, o.mean_span_length, m.decoder_start_id)
     return CausalLM(o.seq_len)

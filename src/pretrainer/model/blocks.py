@@ -41,10 +41,12 @@ def attention_mask(
     return mask
 
 
-def norm(config: ModelConfig) -> nn.Module:
+def norm(config: ModelConfig, size: int | None = None) -> nn.Module:
+    """The config's norm over `size` features (d_model unless given)."""
+    size = size or config.d_model
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        return RMSNorm(size, eps=config.norm_eps)
+    return nn.LayerNorm(size, eps=config.norm_eps, bias=config.bias)
 
 
 class RMSNorm(nn.RMSNorm):

@@ -1,7 +1,10 @@
 """Encoder-only model (BERT): every token sees every token; trained by masked-language modelling.
 
-BERT and RoBERTa are configs of this class: post-LN (original BERT) or pre-LN, learned positions,
-segment embeddings, an MLM head tied to the word embeddings, a pooler on <cls> and an optional NSP head.
+BERT, RoBERTa, ALBERT, SpanBERT and DistilBERT are configs of this class: post-LN (original BERT) or pre-LN,
+learned positions (RoBERTa's start at an offset), segment embeddings, an MLM head tied to the word embeddings, a
+pooler on <cls> (DistilBERT has none), an optional NSP (or SOP) head and SpanBERT's optional span-boundary head.
+ALBERT's factorised embedding (`embedding_dim`) keeps the tables and the MLM head's output narrow, projected to and
+from d_model; `share_layers` applies one block n_layer times.
 """
 
 from __future__ import annotations
@@ -21,22 +24,35 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config = config.resolved()  # every size spelled out
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
-        self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
-        self.emb_norm = norm(config)
+        width = config.embedding_dim or config.d_model
+        self.tok_emb = nn.Embedding(config.vocab_size, width)
+        self.pos_emb = nn.Embedding(config.position_offset + config.max_seq_len, width)
+        self.type_emb = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        self.emb_norm = norm(config, width)
+        self.emb_proj = nn.Linear(width, config.d_model) if config.embedding_dim else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            Block(config, causal=False) for _ in range(1 if config.share_layers else config.n_layer)
+        )
         # pre-LN leaves the residual stream un-normalised; post-LN's last block already ends in a norm
         self.norm_f = norm(config) if config.norm_position == "pre" else nn.Identity()
-        self.pooler = nn.Linear(config.d_model, config.d_model) if config.head in ("lm", "sequence") else None
+        pooled = config.pooler and config.head in ("lm", "sequence")
+        self.pooler = nn.Linear(config.d_model, config.d_model) if pooled else None
         if config.head == "lm":
             # MLM head: transform (dense, activation, norm), then the word embeddings transposed plus a bias
-            self.mlm_dense = nn.Linear(config.d_model, config.d_model)
-            self.mlm_norm = norm(config)
+            self.mlm_dense = nn.Linear(config.d_model, width)
+            self.mlm_norm = norm(config, width)
             self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-            self.mlm_decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.mlm_decoder = nn.Linear(width, config.vocab_size, bias=False)
             self.nsp = nn.Linear(config.d_model, 2) if config.nsp_head else None
+            if config.sbo_head:
+                # SpanBERT: a masked token from its span's two boundary tokens and its place in the span, through
+                # two layers (dense, GELU, LayerNorm), then the MLM head's tied decoder and bias
+                self.sbo_position = nn.Embedding(config.max_seq_len, config.d_model)
+                self.sbo = nn.Sequential(
+                    nn.Linear(3 * config.d_model, config.d_model), nn.GELU(), norm(config),
+                    nn.Linear(config.d_model, width), nn.GELU(), norm(config, width),
+                )  # fmt: skip
         else:
             self.head = TaskHead(config)
         init_weights(self, config)
@@ -52,10 +68,13 @@ class Encoder(nn.Module):
                 f"sequence of {t} tokens is longer than the model's positions "
                 f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
             )
-        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(t, device=input_ids.device))
+        offset = self.config.position_offset
+        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(offset, offset + t, device=input_ids.device))
         if self.type_emb is not None:
             x = x + self.type_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         x = self.drop(self.emb_norm(x))
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)
         real = keep = None
         if first_only or (padding_mask is not None and not padding_mask.all()):
             # padding is dead weight outside attention: every other layer works on the real tokens alone, and
@@ -66,8 +85,10 @@ class Encoder(nn.Module):
             x = x.flatten(0, 1)[real]
             if first_only:  # the rows of x at position 0
                 keep = torch.searchsorted(real, torch.arange(b, device=real.device) * t)
-        for i, block in enumerate(self.blocks):
-            x = block(x, key_padding_mask=padding_mask, real=real, keep=keep if i == len(self.blocks) - 1 else None)
+        n = self.config.n_layer
+        for i in range(n):
+            block = self.blocks[0 if self.config.share_layers else i]
+            x = block(x, key_padding_mask=padding_mask, real=real, keep=keep if i == n - 1 else None)
         x = self.norm_f(x)
         if first_only:
             return x[:, None]
@@ -79,8 +100,9 @@ class Encoder(nn.Module):
         return self.mlm_norm(activate(self.mlm_dense(hidden), self.config.activation))
 
     def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
-        """BERT's sentence vector: tanh(dense(hidden at <cls>, position 0))."""
-        return torch.tanh(self.pooler(hidden[:, 0]))
+        """BERT's sentence vector: tanh(dense(hidden at <cls>, position 0)); without a pooler, the hidden state at
+        <cls> itself."""
+        return hidden[:, 0] if self.pooler is None else torch.tanh(self.pooler(hidden[:, 0]))
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm_decoder(self.mlm_transform(hidden)) + self.mlm_bias
@@ -90,10 +112,28 @@ class Encoder(nn.Module):
             raise ConfigError("nsp_labels given but the model has no NSP head; set model.nsp_head=true")
         return F.cross_entropy(self.nsp(self.pooled(hidden)).float(), nsp_labels)
 
-    def forward(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None, **labels):
+    def sbo_hidden(self, hidden, chosen, span_left, span_right, span_position) -> torch.Tensor:
+        """The span-boundary head's features (before the tied decoder) for the `chosen` (masked) positions."""
+        rows = chosen.nonzero()[:, 0]
+        boundaries = [hidden[rows, span_left[chosen]], hidden[rows, span_right[chosen]]]
+        return self.sbo(torch.cat([*boundaries, self.sbo_position(span_position[chosen])], -1))
+
+    def forward(
+        self,
+        input_ids,
+        targets=None,
+        token_type_ids=None,
+        padding_mask=None,
+        nsp_labels=None,
+        span_left=None,
+        span_right=None,
+        span_position=None,
+        **labels,
+    ):
         """(MLM logits, None), or with `targets` (-100 where not masked): (None, MLM loss), where the head
-        runs on the masked positions only; with `nsp_labels` too, the NSP loss is added. With a task head:
-        (logits, loss or None), `labels` being `labels` or `start_positions` and `end_positions` (TaskHead)."""
+        runs on the masked positions only; with `nsp_labels` too, the NSP loss is added; with the spans'
+        boundaries (`span_left`, `span_right`, `span_position`), the span-boundary loss on the same targets. With
+        a task head: (logits, loss or None), `labels` being `labels` or `start_positions` and `end_positions`."""
         hidden = self.encode(input_ids, token_type_ids, padding_mask, first_only=self.config.head == "sequence")
         if self.config.head != "lm":
             features = self.pooled(hidden) if self.config.head == "sequence" else hidden
@@ -103,22 +143,46 @@ class Encoder(nn.Module):
         chosen = targets != -100
         h = self.mlm_transform(hidden[chosen])
         loss = linear_cross_entropy(h, self.mlm_decoder.weight, targets[chosen], bias=self.mlm_bias)
+        if span_left is not None:
+            boundary = self.sbo_hidden(hidden, chosen, span_left, span_right, span_position)
+            loss = loss + linear_cross_entropy(boundary, self.mlm_decoder.weight, targets[chosen], bias=self.mlm_bias)
         if nsp_labels is not None:
             loss = loss + self.nsp_loss(hidden, nsp_labels)
         return None, loss
 
     @torch.no_grad()
-    def eval_sums(self, input_ids, targets=None, token_type_ids=None, padding_mask=None, nsp_labels=None, **labels):
-        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss, how
-        many masked tokens the MLM head predicts right and, with `nsp_labels`, how many pairs the NSP head does."""
+    def eval_sums(
+        self,
+        input_ids,
+        targets=None,
+        token_type_ids=None,
+        padding_mask=None,
+        nsp_labels=None,
+        span_left=None,
+        span_right=None,
+        span_position=None,
+        **labels,
+    ):
+        """Validation numbers as (sum, count) pairs the trainer adds up over batches: the batch's mean loss (as
+        training counts it), how many masked tokens the MLM head predicts right, with span boundaries how many
+        the span-boundary head does, and with `nsp_labels` how many pairs the NSP head does."""
         if self.config.head != "lm":
             logits, loss = self(input_ids, token_type_ids=token_type_ids, padding_mask=padding_mask, **labels)
             return self.head.eval_sums(logits, loss, **labels)
         hidden = self.encode(input_ids, token_type_ids, padding_mask)
         chosen = targets != -100
         logits = self.mlm_logits(hidden[chosen]).float()
-        loss = F.cross_entropy(logits, targets[chosen], reduction="sum") / chosen.sum().clamp(min=1)
-        sums = {"mlm_accuracy": ((logits.argmax(-1) == targets[chosen]).sum(), chosen.sum())}
+        mlm_loss = F.cross_entropy(logits, targets[chosen], reduction="sum")
+        loss = mlm_loss / chosen.sum().clamp(min=1)
+        sums = {
+            "mlm_loss": (mlm_loss, chosen.sum()),  # val_loss less the other objectives' losses
+            "mlm_accuracy": ((logits.argmax(-1) == targets[chosen]).sum(), chosen.sum()),
+        }
+        if span_left is not None:
+            boundary = self.sbo_hidden(hidden, chosen, span_left, span_right, span_position)
+            sbo_logits = self.mlm_decoder(boundary).float() + self.mlm_bias
+            loss = loss + F.cross_entropy(sbo_logits, targets[chosen], reduction="sum") / chosen.sum().clamp(min=1)
+            sums["sbo_accuracy"] = ((sbo_logits.argmax(-1) == targets[chosen]).sum(), chosen.sum())
         if nsp_labels is not None:
             nsp_logits = self.nsp(self.pooled(hidden)).float()
             loss = loss + F.cross_entropy(nsp_logits, nsp_labels)

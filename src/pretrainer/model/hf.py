@@ -1,4 +1,4 @@
-"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT and T5.
+"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT, RoBERTa, ALBERT, DistilBERT and T5.
 
 Each family is one record (`Family`, in `FAMILIES`), read one way to import and the other to export: the config
 fields it fixes, its config.json key names and defaults, its tokenizer's special tokens and one table of tensor
@@ -202,46 +202,65 @@ LLAMA = Family(
 )
 
 
-def _bert_rows(c: ModelConfig) -> Iterator[Row]:
-    e = "bert.embeddings."
+def _bert_embedding_rows(c: ModelConfig, e: str) -> Iterator[Row]:
     yield _row("tok_emb.weight", e + "word_embeddings.weight")
     yield _row("pos_emb.weight", e + "position_embeddings.weight")
     if c.type_vocab_size:
         yield _row("type_emb.weight", e + "token_type_embeddings.weight")
     for p in ("weight", "bias"):
         yield _row(f"emb_norm.{p}", e + f"LayerNorm.{p}")
-    for i in range(c.n_layer):
-        h = f"bert.encoder.layer.{i}."
-        for p in ("weight", "bias"):
-            yield _row(f"blocks.{i}.attn.qkv.{p}", *(h + f"attention.self.{x}.{p}" for x in ("query", "key", "value")))
-            yield _row(f"blocks.{i}.attn.proj.{p}", h + f"attention.output.dense.{p}")
-            yield _row(f"blocks.{i}.norm1.{p}", h + f"attention.output.LayerNorm.{p}")
-            yield _row(f"blocks.{i}.mlp.fc.{p}", h + f"intermediate.dense.{p}")
-            yield _row(f"blocks.{i}.mlp.proj.{p}", h + f"output.dense.{p}")
-            yield _row(f"blocks.{i}.norm2.{p}", h + f"output.LayerNorm.{p}")
+
+
+def _bert_layer_rows(ours: str, h: str) -> Iterator[Row]:
+    """One BERT layer of ours (`ours`: "blocks.i.") and theirs (`h`), as BERT and RoBERTa name it."""
     for p in ("weight", "bias"):
-        yield _row(f"mlm_dense.{p}", f"cls.predictions.transform.dense.{p}")
-        yield _row(f"mlm_norm.{p}", f"cls.predictions.transform.LayerNorm.{p}")
-        yield _row(f"pooler.{p}", f"bert.pooler.dense.{p}")
-        if c.nsp_head:
+        yield _row(f"{ours}attn.qkv.{p}", *(h + f"attention.self.{x}.{p}" for x in ("query", "key", "value")))
+        yield _row(f"{ours}attn.proj.{p}", h + f"attention.output.dense.{p}")
+        yield _row(f"{ours}norm1.{p}", h + f"attention.output.LayerNorm.{p}")
+        yield _row(f"{ours}mlp.fc.{p}", h + f"intermediate.dense.{p}")
+        yield _row(f"{ours}mlp.proj.{p}", h + f"output.dense.{p}")
+        yield _row(f"{ours}norm2.{p}", h + f"output.LayerNorm.{p}")
+
+
+def _mlm_rows(c: ModelConfig, dense: str, layer_norm: str, bias: str, pooler: str | None) -> Iterator[Row]:
+    """The MLM head (its decoder tied to the word embeddings) and the pooler."""
+    for p in ("weight", "bias"):
+        yield _row(f"mlm_dense.{p}", f"{dense}.{p}")
+        yield _row(f"mlm_norm.{p}", f"{layer_norm}.{p}")
+        if c.pooler and pooler:
+            yield _row(f"pooler.{p}", f"{pooler}.{p}")
+    yield _row("mlm_bias", bias)
+
+
+def _bert_rows(c: ModelConfig) -> Iterator[Row]:
+    yield from _bert_embedding_rows(c, "bert.embeddings.")
+    for i in range(c.n_layer):
+        yield from _bert_layer_rows(f"blocks.{i}.", f"bert.encoder.layer.{i}.")
+    yield from _mlm_rows(c, "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                         "cls.predictions.bias", "bert.pooler.dense")  # fmt: skip
+    if c.nsp_head:
+        for p in ("weight", "bias"):
             yield _row(f"nsp.{p}", f"cls.seq_relationship.{p}")
-    yield _row("mlm_bias", "cls.predictions.bias")
 
 
 _MLM_HEAD = "MLM head (its decoder is tied to the word embeddings, as in BERT)"
+_BERT_OPTIONAL = {"mlm_dense": _MLM_HEAD, "mlm_norm": _MLM_HEAD, "mlm_bias": _MLM_HEAD, "pooler": "pooler"}
+_BERT_KEYS = {
+    **_COMMON_KEYS,
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "d_model": "hidden_size",
+    "d_ff": "intermediate_size",
+    "norm_eps": "layer_norm_eps",
+}
+# what a plain BERT-like encoder is: the fields the family variants below change, at BERT's values
+_PLAIN_ENCODER = dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False,
+                      bias=True, position_offset=0, embedding_dim=None, share_layers=False)  # fmt: skip
 BERT = Family(
     name="bert",
     architecture="BertForMaskedLM",
-    fixes=dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False, bias=True),
-    keys={
-        **_COMMON_KEYS,
-        "n_layer": "num_hidden_layers",
-        "n_head": "num_attention_heads",
-        "d_model": "hidden_size",
-        "d_ff": "intermediate_size",
-        "max_seq_len": "max_position_embeddings",
-        "norm_eps": "layer_norm_eps",
-    },
+    fixes={**_PLAIN_ENCODER, "pooler": True},
+    keys={**_BERT_KEYS, "max_seq_len": "max_position_embeddings"},
     activation_key="hidden_act",
     defaults={"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2},
     rows=_bert_rows,
@@ -258,16 +277,173 @@ BERT = Family(
         "hidden_dropout_prob": c.dropout,
         "attention_probs_dropout_prob": c.dropout,
     },
-    optional={
-        "mlm_dense": _MLM_HEAD,
-        "mlm_norm": _MLM_HEAD,
-        "mlm_bias": _MLM_HEAD,
-        "pooler": "pooler",
-        "nsp": "NSP head",
-    },
+    optional={**_BERT_OPTIONAL, "nsp": "NSP head"},
     needs=_plain_heads,
     bare_prefix="bert.",  # a bare BertModel, as sentence encoders ship
 )
+
+
+def _roberta_rows(c: ModelConfig) -> Iterator[Row]:
+    yield from _bert_embedding_rows(c, "roberta.embeddings.")
+    for i in range(c.n_layer):
+        yield from _bert_layer_rows(f"blocks.{i}.", f"roberta.encoder.layer.{i}.")
+    yield from _mlm_rows(c, "lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "roberta.pooler.dense")
+
+
+def _roberta_from_hf(hf: dict) -> dict:
+    # positions count from the padding id + 1 (the padding's own row is the padding id's), so the table holds
+    # max_seq_len + padding id + 1 rows: roberta-base's 514 are 512 positions
+    offset = hf["pad_token_id"] + 1
+    if hf["max_position_embeddings"] <= offset:
+        raise ConversionError(
+            f"max_position_embeddings={hf['max_position_embeddings']} in config.json leaves no positions: RoBERTa's "
+            f"start at pad_token_id + 1 = {offset}; use the config.json the weights came with"
+        )
+    return {
+        "type_vocab_size": hf["type_vocab_size"],
+        "position_offset": offset,
+        "max_seq_len": hf["max_position_embeddings"] - offset,
+    }
+
+
+ROBERTA = Family(
+    name="roberta",
+    architecture="RobertaForMaskedLM",
+    fixes={k: v for k, v in _PLAIN_ENCODER.items() if k != "position_offset"},
+    keys=_BERT_KEYS,
+    activation_key="hidden_act",
+    defaults={"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2, "pad_token_id": 1},
+    rows=_roberta_rows,
+    special_tokens={
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "mask_token": "<mask>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    },
+    from_hf=_roberta_from_hf,
+    to_hf=lambda c: {
+        "type_vocab_size": max(c.type_vocab_size, 1),
+        "pad_token_id": c.position_offset - 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "max_position_embeddings": c.max_seq_len + c.position_offset,
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+    },
+    optional=_BERT_OPTIONAL,
+    needs=lambda c: ([] if c.position_offset else ["position_offset >= 1 (the padding id + 1)"]) + _plain_heads(c),
+    bare_prefix="roberta.",
+)
+
+
+def _albert_rows(c: ModelConfig) -> Iterator[Row]:
+    yield from _bert_embedding_rows(c, "albert.embeddings.")
+    for p in ("weight", "bias"):
+        yield _row(f"emb_proj.{p}", f"albert.encoder.embedding_hidden_mapping_in.{p}")
+        h = "albert.encoder.albert_layer_groups.0.albert_layers.0."
+        yield _row(f"blocks.0.attn.qkv.{p}", *(h + f"attention.{x}.{p}" for x in ("query", "key", "value")))
+        yield _row(f"blocks.0.attn.proj.{p}", h + f"attention.dense.{p}")
+        yield _row(f"blocks.0.norm1.{p}", h + f"attention.LayerNorm.{p}")
+        yield _row(f"blocks.0.mlp.fc.{p}", h + f"ffn.{p}")
+        yield _row(f"blocks.0.mlp.proj.{p}", h + f"ffn_output.{p}")
+        yield _row(f"blocks.0.norm2.{p}", h + f"full_layer_layer_norm.{p}")
+    yield from _mlm_rows(c, "predictions.dense", "predictions.LayerNorm", "predictions.bias", "albert.pooler")
+    if c.nsp_head:
+        for p in ("weight", "bias"):
+            yield _row(f"nsp.{p}", f"sop_classifier.classifier.{p}")
+
+
+def _albert_from_hf(hf: dict) -> dict:
+    groups = (hf.get("num_hidden_groups", 1), hf.get("inner_group_num", 1))
+    if groups != (1, 1):
+        raise ConversionError(
+            f"num_hidden_groups={groups[0]} and inner_group_num={groups[1]} in config.json: pretrainer shares one "
+            "layer's weights across all layers (ALBERT's published models: both 1)"
+        )
+    return {"type_vocab_size": hf["type_vocab_size"], "embedding_dim": hf["embedding_size"]}
+
+
+ALBERT = Family(
+    name="albert",
+    architecture="AlbertForPreTraining",
+    fixes={
+        **{k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"},
+        "share_layers": True,
+        "nsp_head": True,
+        "pooler": True,
+    },  # fmt: skip
+    keys={**_BERT_KEYS, "max_seq_len": "max_position_embeddings"},
+    activation_key="hidden_act",
+    defaults={
+        "layer_norm_eps": 1e-12,
+        "tie_word_embeddings": True,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu_new",
+        "embedding_size": 128,
+    },  # fmt: skip
+    rows=_albert_rows,
+    special_tokens=BERT.special_tokens | {"pad_token": "<pad>", "unk_token": "<unk>"},
+    from_hf=_albert_from_hf,
+    to_hf=lambda c: {
+        "type_vocab_size": max(c.type_vocab_size, 1),
+        "embedding_size": c.embedding_dim,
+        "num_hidden_groups": 1,
+        "inner_group_num": 1,
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+    },
+    optional={**_BERT_OPTIONAL, "nsp": "sentence-order head"},
+    needs=lambda c: ([] if c.embedding_dim else ["embedding_dim (ALBERT's factorised embedding)"]) + _plain_heads(c),
+    bare_prefix="albert.",
+)
+
+
+def _distilbert_rows(c: ModelConfig) -> Iterator[Row]:
+    yield from _bert_embedding_rows(c, "distilbert.embeddings.")
+    for i in range(c.n_layer):
+        ours, h = f"blocks.{i}.", f"distilbert.transformer.layer.{i}."
+        for p in ("weight", "bias"):
+            yield _row(f"{ours}attn.qkv.{p}", *(h + f"attention.{x}_lin.{p}" for x in "qkv"))
+            yield _row(f"{ours}attn.proj.{p}", h + f"attention.out_lin.{p}")
+            yield _row(f"{ours}norm1.{p}", h + f"sa_layer_norm.{p}")
+            yield _row(f"{ours}mlp.fc.{p}", h + f"ffn.lin1.{p}")
+            yield _row(f"{ours}mlp.proj.{p}", h + f"ffn.lin2.{p}")
+            yield _row(f"{ours}norm2.{p}", h + f"output_layer_norm.{p}")
+    yield from _mlm_rows(c, "vocab_transform", "vocab_layer_norm", "vocab_projector.bias", None)
+
+
+DISTILBERT = Family(
+    name="distilbert",
+    architecture="DistilBertForMaskedLM",
+    # no segments, no pooler, and LayerNorm eps fixed in transformers' code
+    fixes={**_PLAIN_ENCODER, "type_vocab_size": 0, "pooler": False, "nsp_head": False, "norm_eps": 1e-12},
+    keys={
+        **_COMMON_KEYS,
+        "n_layer": "n_layers",
+        "n_head": "n_heads",
+        "d_model": "dim",
+        "d_ff": "hidden_dim",
+        "max_seq_len": "max_position_embeddings",
+    },
+    activation_key="activation",
+    defaults={"tie_word_embeddings": True, "activation": "gelu", "sinusoidal_pos_embds": False},
+    rows=_distilbert_rows,
+    special_tokens=BERT.special_tokens,
+    from_hf=lambda hf: _refuse_sinusoidal(hf),
+    to_hf=lambda c: {"dropout": c.dropout, "attention_dropout": c.dropout, "sinusoidal_pos_embds": False},
+    optional=_BERT_OPTIONAL,
+    needs=_plain_heads,
+    bare_prefix="distilbert.",
+)
+
+
+def _refuse_sinusoidal(hf: dict) -> dict:
+    if hf["sinusoidal_pos_embds"]:
+        raise ConversionError("sinusoidal_pos_embds=true in config.json: pretrainer's encoders learn their positions")
+    return {}
 
 
 def _t5_rows(c: ModelConfig) -> Iterator[Row]:
@@ -377,7 +553,7 @@ T5 = Family(
     needs=lambda c: [] if c.n_kv_head == c.n_head else ["n_kv_head == n_head"],  # d_kv is T5's head size
 )
 
-FAMILIES = {f.name: f for f in (GPT2, LLAMA, BERT, T5)}
+FAMILIES = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, T5)}
 
 
 def _family(name) -> Family:
@@ -437,15 +613,14 @@ def family_of(config: ModelConfig) -> str:
     c = config.resolved()
     if c.attention_only:
         raise ConversionError("model.attention_only has no transformers family to export to: all of them have MLPs")
-    family = next(
-        (f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)), None
-    )
-    if family is None:
+    candidates = [f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)]
+    if not candidates:
         raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
-    needs = [f"{k}={v!r}" for k, v in family.fixes.items() if getattr(c, k) != v] + family.needs(c)
-    if needs:
-        raise ConversionError(f"this {c.arch} model cannot be exported as {family.name}: it needs {', '.join(needs)}")
-    return family.name
+    needs = {f.name: [f"{k}={v!r}" for k, v in f.fixes.items() if getattr(c, k) != v] + f.needs(c) for f in candidates}
+    name = min(needs, key=lambda name: len(needs[name]))  # the first that fits, or the nearest
+    if needs[name]:
+        raise ConversionError(f"this {c.arch} model cannot be exported as {name}: it needs {', '.join(needs[name])}")
+    return name
 
 
 def config_to_hf(config: ModelConfig) -> dict:

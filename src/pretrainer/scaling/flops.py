@@ -38,8 +38,8 @@ def _linear(d_in: int, d_out: int, bias: bool) -> int:
     return d_in * d_out + (d_out if bias else 0)
 
 
-def _norm(c: ModelConfig) -> int:
-    return c.d_model * (2 if c.norm == "layernorm" and c.bias else 1)
+def _norm(c: ModelConfig, size: int | None = None) -> int:
+    return (size or c.d_model) * (2 if c.norm == "layernorm" and c.bias else 1)
 
 
 def _attention_widths(c: ModelConfig) -> tuple[int, int]:
@@ -83,22 +83,30 @@ def count_params(config: ModelConfig) -> ParamCounts:
         parts |= {head: vocab_head} if c.head == "lm" else {"task head": _task_head(c)}
         embedding = parts["token embedding"] + parts["position embedding"] + parts.get(head, 0)
     elif c.arch == "encoder":
+        width = c.embedding_dim or d
+        vocab_head = 0 if c.tie_embeddings else V * width
         parts = {
-            "token embedding": V * d,
-            "position embedding": c.max_seq_len * d,
-            "segment embedding": c.type_vocab_size * d,
-            "embedding norm": _norm(c),
-            "blocks": c.n_layer * _block(c, cross=False),
+            "token embedding": V * width,
+            "position embedding": (c.position_offset + c.max_seq_len) * width,
+            "segment embedding": c.type_vocab_size * width,
+            "embedding norm": _norm(c, width),
+            "embedding projection": _linear(width, d, True) if c.embedding_dim else 0,
+            "blocks": (1 if c.share_layers else c.n_layer) * _block(c, cross=False),
             "final norm": _norm(c) if c.norm_position == "pre" else 0,
-            "pooler": _linear(d, d, True) if c.head in ("lm", "sequence") else 0,
+            "pooler": _linear(d, d, True) if c.pooler and c.head in ("lm", "sequence") else 0,
         }
         if c.head == "lm":
-            parts |= {"MLM transform": _linear(d, d, True) + _norm(c), head + " and its bias": vocab_head + V}
+            parts |= {
+                "MLM transform": _linear(d, width, True) + _norm(c, width),
+                head + " and its bias": vocab_head + V,
+            }
             parts |= {"NSP head": _linear(d, 2, True) if c.nsp_head else 0}
+            sbo = _linear(3 * d, d, True) + _norm(c) + _linear(d, width, True) + _norm(c, width)
+            parts |= {"span-boundary head": c.max_seq_len * d + sbo if c.sbo_head else 0}
         else:
             parts |= {"task head": _task_head(c)}
         embedding = sum(parts[k] for k in ("token embedding", "position embedding", "segment embedding"))
-        embedding += parts.get(head + " and its bias", 0)
+        embedding += parts.get(head + " and its bias", 0) + (c.max_seq_len * d if c.sbo_head else 0)
     else:
         relative = c.relative_buckets * c.n_head  # one table per stack
         parts = {
@@ -121,7 +129,7 @@ def vocab_size_for_counting(config: Config) -> tuple[int, str | None]:
     tokenizer = config.data.tokenizer
     if tokenizer == "gpt2":
         size, note = 50257, None
-    elif tokenizer in ("bpe", "wordpiece", "unigram"):
+    elif tokenizer in ("bpe", "roberta", "wordpiece", "unigram"):
         size = config.data.vocab_size
         note = f"model.vocab_size unset: counted as data.vocab_size={size} (a small corpus can train fewer tokens)"
     else:
@@ -157,13 +165,21 @@ def matmul_params(config: ModelConfig) -> int:
         own_enc, _ = _block_matmuls(c, cross=False)
         own_dec, memory = _block_matmuls(c, cross=True)
         return c.n_layer * own_enc + c.n_decoder_layer * (own_dec + memory) + c.vocab_size * c.d_model
-    return c.n_layer * _block_matmuls(c, cross=False)[0] + _head_matmuls(c)
+    return c.n_layer * _block_matmuls(c, cross=False)[0] + _head_matmuls(c) + _projection_matmuls(c)
+
+
+def _projection_matmuls(c: ModelConfig) -> int:
+    """A factorised embedding's projection to d_model (ALBERT's)."""
+    return c.embedding_dim * c.d_model if c.embedding_dim else 0
 
 
 def _head_matmuls(c: ModelConfig) -> int:
     if c.head == "lm":
-        transform = c.d_model * c.d_model if c.arch == "encoder" else 0
-        return transform + c.vocab_size * c.d_model
+        width = c.embedding_dim or c.d_model
+        transform = c.d_model * width if c.arch == "encoder" else 0
+        # SpanBERT's boundary head: its two layers and the tied decoder again, on the same masked tokens
+        boundary = 3 * c.d_model * c.d_model + c.d_model * width + c.vocab_size * width if c.sbo_head else 0
+        return transform + c.vocab_size * width + boundary
     return c.d_model * 2 if c.head == "span" else c.d_model * c.n_labels if c.head == "token" else 0
 
 
@@ -181,7 +197,7 @@ def model_flops(config: ModelConfig, input_len: float, target_len: float = 0, he
     if c.arch != "encoder_decoder":
         if target_len:
             raise ValueError(f"a {c.arch} reads no target tokens")
-        blocks = c.n_layer * _block_matmuls(c, cross=False)[0]
+        blocks = c.n_layer * _block_matmuls(c, cross=False)[0] + _projection_matmuls(c)
         weights = (blocks + head_share * _head_matmuls(c)) * input_len
         return 6 * weights + 12 * c.n_layer * width * input_len**2
     own_enc, _ = _block_matmuls(c, cross=False)

@@ -645,7 +645,8 @@ class Trainer:
             self.scores |= self.corpus.derived_scores(self.scores)
         val_loss = self.scores["val_loss"]
         language_model = self.config.model.head == "lm"
-        ppl = {"val_ppl": round(perplexity(val_loss), 3)} if language_model else {}
+        # an MLM's perplexity is that of its masked tokens: not of the sentence-order or span-boundary losses added
+        ppl = {"val_ppl": round(perplexity(self.scores.get("val_mlm_loss", val_loss)), 3)} if language_model else {}
         self.metrics.log({"step": self.step, **self.scores, **ppl})
         if bar is not None and self.world.main:
             rates = "".join(f", {k[4:].replace('_', ' ')} {v:.1%}" for k, v in self.scores.items() if "accuracy" in k)

@@ -48,6 +48,8 @@ KINDS = {
     "albert-untied": ModelConfig(arch="encoder", embedding_dim=48, tie_embeddings=False, **SMALL),
     "distilbert": ModelConfig(arch="encoder", pooler=False, norm_position="post", **SMALL),
     "spanbert": ModelConfig(arch="encoder", sbo_head=True, embedding_dim=16, **SMALL),
+    "electra": ModelConfig(arch="encoder", head="rtd", generator_fraction=0.25, type_vocab_size=2, **SMALL),
+    "electra-discriminator": ModelConfig(arch="encoder", head="rtd", embedding_dim=16, **SMALL),
     "t5": ModelConfig(
         arch="encoder_decoder",
         positions="relative",
@@ -73,11 +75,12 @@ def _vocabulary_and_positions(model: nn.Module) -> int:
     """What Kaplan leaves out of N, read off the module: lookup tables, the output head's vocabulary matrix (once,
     when tied) and its bias."""
     tensors = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Embedding)}
-    for name in ("lm_head", "mlm_decoder"):
-        if hasattr(model, name):
-            tensors[id(getattr(model, name).weight)] = getattr(model, name).weight
-    if hasattr(model, "mlm_bias"):
-        tensors[id(model.mlm_bias)] = model.mlm_bias
+    for part in model.modules():  # an ELECTRA's generator has its own MLM head
+        for name in ("lm_head", "mlm_decoder"):
+            if hasattr(part, name):
+                tensors[id(getattr(part, name).weight)] = getattr(part, name).weight
+        if hasattr(part, "mlm_bias"):
+            tensors[id(part.mlm_bias)] = part.mlm_bias
     return sum(t.numel() for t in tensors.values())
 
 
@@ -139,22 +142,27 @@ def _model_flops_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama", "bert-untied", "albert", "albert-untied", "t5", "t5-v1.1"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "bert-untied", "albert", "albert-untied", "electra", "t5", "t5-v1.1"])
 def test_model_flops_equal_torchs_flop_counter(kind):
     config = KINDS[kind]
     torch.manual_seed(0)
     model = build_model(config)
     T, S = 16, 8
     x = torch.randint(0, config.vocab_size, (2, T))
+    share = 1.0
     with _model_flops_counter() as counter:
-        if config.arch == "encoder_decoder":
+        if config.generator_fraction:  # ELECTRA: the generator's head on the masked quarter, the rest on all
+            targets = torch.full_like(x, -100)
+            targets[:, ::4] = x[:, ::4]
+            loss, share = model(x, targets)[1], 0.25
+        elif config.arch == "encoder_decoder":
             loss = model(input_ids=x, decoder_input_ids=x[:, :S], targets=x[:, :S])[1]
         elif config.arch == "encoder":
             loss = model(input_ids=x)[0].logsumexp(-1).mean()  # the MLM head at every position
         else:
             loss = model(x, targets=x)[1]
         loss.backward()
-    expected = 2 * model_flops(config, T, S if config.arch == "encoder_decoder" else 0)
+    expected = 2 * model_flops(config, T, S if config.arch == "encoder_decoder" else 0, share)
     assert counter.get_total_flops() == expected
 
 

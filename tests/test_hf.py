@@ -552,3 +552,20 @@ def test_a_wide_albert_embedding_is_allowed_with_a_warning():
 
     with pytest.warns(UserWarning, match="model.embedding_dim=64 is wider than model.d_model=32"):
         load_config(None, ["model.arch=encoder", "objective.name=mlm", "model.d_model=32", "model.embedding_dim=64"])
+
+
+@pytest.mark.parametrize("head", ["rtd", "sequence"])
+def test_heads_without_a_family_are_refused(head, tmp_path):
+    config = dataclasses.replace(OURS["bert"], head=head, n_labels=3 if head == "sequence" else 0)
+    with pytest.raises(ConversionError, match=f"model.head={head} has no transformers family here"):
+        export_hf(build_model(config), None, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_generator_wider_than_its_discriminator_is_allowed_with_a_warning():
+    from pretrainer.config import load_config
+
+    with pytest.warns(UserWarning, match="model.generator_fraction=1.5: a generator wider than its discriminator"):
+        load_config(
+            None, ["model.arch=encoder", "objective.name=mlm", "model.head=rtd", "model.generator_fraction=1.5"]
+        )

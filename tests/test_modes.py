@@ -23,7 +23,8 @@ T5 = {
 ROBERTA = {**BERT, "data.tokenizer": "roberta", "model.position_offset": 2, "model.type_vocab_size": 1}
 ALBERT = {**BERT, "model.embedding_dim": 16, "model.share_layers": True, "model.nsp_head": True, "objective.sop": True}
 SPANBERT = {**BERT, "model.sbo_head": True, "objective.spans": True, "objective.sbo": True}
-MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "t5": T5}
+ELECTRA = {**BERT, "model.head": "rtd", "model.generator_fraction": 0.5}
+MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "electra": ELECTRA, "t5": T5}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -35,6 +36,9 @@ def test_pretraining_learns(mode, tiny_config, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     if mode != "t5":
         assert 0.05 < result.scores["val_mlm_accuracy"] <= 1.0
+    if mode == "electra":  # in 40 steps the discriminator learns at least how often tokens are replaced
+        assert 0 < result.scores["val_replaced"] < 0.15
+        assert result.scores["val_rtd_accuracy"] >= 1 - result.scores["val_replaced"] - 0.01
     if mode == "spanbert":  # both of its losses fall: the boundary head learns too
         assert 0.05 < result.scores["val_sbo_accuracy"] <= 1.0
         assert result.scores["val_mlm_loss"] < result.scores["val_loss"] - 1

@@ -344,3 +344,28 @@ def test_span_masking_statistics():
     spans = sum(kinds.values())
     assert spans == len(drawn) > 1000
     assert abs(kinds["mask"] / spans - 0.8) < 0.04 and abs(kinds["kept"] / spans - 0.1) < 0.03
+
+
+def test_electra_replaces_masked_tokens_as_often_as_its_generator_disagrees():
+    """ELECTRA's discriminator input: the original text with the masked positions filled by the generator's
+    samples. Over 12k masked positions the share replaced (sample != original) equals the generator's expected
+    disagreement, 1 - p(original), and nothing outside the masked positions changes."""
+    from pretrainer.config import ModelConfig
+    from pretrainer.model import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="encoder", head="rtd", generator_fraction=0.5, vocab_size=64, n_layer=1, d_model=32,
+                         n_head=2, max_seq_len=64, init_std=0.5)  # fmt: skip  # wide weights: a peaked generator
+    model = build_model(config).eval()
+    ids = torch.randint(5, 64, (400, 64))
+    targets = torch.where(torch.rand(ids.shape) < 0.5, ids, -100)
+    inputs = torch.where(targets != -100, 4, ids)
+    with torch.no_grad():
+        logits, corrupted, replaced = model.replace(inputs, targets)
+    chosen = targets != -100
+    assert chosen.sum() > 12_000
+    assert (corrupted[~chosen] == ids[~chosen]).all() and not replaced[~chosen].any()
+    assert (replaced[chosen] == (corrupted[chosen] != ids[chosen])).all()
+    disagreement = 1 - logits.softmax(-1).gather(1, ids[chosen][:, None]).mean()
+    assert 0.3 < disagreement < 0.99  # neither always right nor uniform: the test can tell them apart
+    assert abs(replaced[chosen].float().mean() - disagreement) < 0.01

@@ -60,8 +60,10 @@ class ModelConfig:
     pooler: bool = True  # encoder: BERT's tanh dense layer on <cls> (DistilBERT has none)
     nsp_head: bool = False  # encoder: next-sentence (or sentence-order) prediction head on the pooled <cls>
     sbo_head: bool = False  # encoder: SpanBERT's span-boundary head (an MLP over a span's two boundaries)
+    generator_fraction: float | None = None  # head=rtd: ELECTRA's MLM generator, this fraction of the width (1/4)
+    rtd_weight: float = 50.0  # head=rtd with a generator: loss = generator MLM + rtd_weight × replaced-token BCE
     decoder_start_id: int = 0  # encoder_decoder: first decoder input (T5 uses <pad> = 0)
-    head: str = "lm"  # lm (pretraining) | sequence | token | span: a fine-tuning head instead (model/heads.py)
+    head: str = "lm"  # lm (pretraining) | rtd (ELECTRA's discriminator) | sequence | token | span (model/heads.py)
     n_labels: int = 0  # sequence and token heads: the number of classes (1: a regression); 0: the task's
     dropout: float = 0.0
     init_std: float = 0.02
@@ -108,6 +110,15 @@ class ModelConfig:
         for key, default in encoder_only.items():
             if self.arch != "encoder" and getattr(self, key) != default:
                 raise ConfigError(f"model.{key} is for model.arch=encoder, not {self.arch}")
+        if self.generator_fraction is not None:
+            if self.head != "rtd":
+                raise ConfigError(
+                    f"model.generator_fraction is ELECTRA's generator, for model.head=rtd, not {self.head}"
+                )
+            if not self.generator_fraction > 0:
+                raise ConfigError(
+                    f"model.generator_fraction must be positive (got {self.generator_fraction}); ELECTRA uses 0.25"
+                )
         if self.nsp_head and not self.pooler:
             raise ConfigError("model.nsp_head reads the pooled <cls>: set model.pooler=true, or drop the head")
         positions = {"decoder": ("learned", "rope"), "encoder": ("learned",), "encoder_decoder": ("relative",)}
@@ -302,7 +313,7 @@ _MODEL_CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "norm_position": ("pre", "post"),
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
-    "head": ("lm", "sequence", "token", "span"),
+    "head": ("lm", "rtd", "sequence", "token", "span"),
 }
 _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
@@ -420,6 +431,16 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{section}.{key}='{value}' is not one of {', '.join(allowed)}")
     m, o, t = config.model, config.objective, config.train
+    if m.generator_fraction and m.generator_fraction > 1:
+        warnings.warn(
+            f"model.generator_fraction={m.generator_fraction}: a generator wider than its discriminator makes "
+            "replacements it cannot tell apart (ELECTRA found 1/4 to 1/2 of the width best)",
+            stacklevel=2,
+        )
+    if m.head == "rtd" and o.name == "mlm" and not m.generator_fraction:
+        raise ConfigError(
+            "model.head=rtd pretrains on a generator's replacements: set model.generator_fraction (ELECTRA: 0.25)"
+        )
     if m.embedding_dim and m.embedding_dim > m.d_model:
         warnings.warn(
             f"model.embedding_dim={m.embedding_dim} is wider than model.d_model={m.d_model}: the factorised embedding "

@@ -1,9 +1,10 @@
 from ..errors import ConfigError
 from .decoder import Decoder
+from .electra import Electra
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder
 
-__all__ = ["Decoder", "Encoder", "EncoderDecoder", "build_model"]
+__all__ = ["Decoder", "Electra", "Encoder", "EncoderDecoder", "build_model"]
 
 ARCHITECTURES = {"decoder": Decoder, "encoder": Encoder, "encoder_decoder": EncoderDecoder}
 
@@ -14,4 +15,6 @@ def build_model(config):
         raise ConfigError("model.vocab_size must be set before building a model (the trainer sets it)")
     if config.head in ("sequence", "token") and config.n_labels < 1:
         raise ConfigError(f"model.head={config.head} needs model.n_labels (classes; 1 for a regression)")
+    if config.generator_fraction:  # ELECTRA's pretraining: a generator and the discriminator in one module
+        return Electra(config)
     return ARCHITECTURES[config.arch](config)

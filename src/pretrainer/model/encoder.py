@@ -53,6 +53,9 @@ class Encoder(nn.Module):
                     nn.Linear(3 * config.d_model, config.d_model), nn.GELU(), norm(config),
                     nn.Linear(config.d_model, width), nn.GELU(), norm(config, width),
                 )  # fmt: skip
+        elif config.head == "rtd":  # ELECTRA's discriminator: per token, was it replaced? (dense, activation, dense)
+            self.rtd_dense = nn.Linear(config.d_model, config.d_model)
+            self.rtd_out = nn.Linear(config.d_model, 1)
         else:
             self.head = TaskHead(config)
         init_weights(self, config)
@@ -99,6 +102,10 @@ class Encoder(nn.Module):
     def mlm_transform(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm_norm(activate(self.mlm_dense(hidden), self.config.activation))
 
+    def rtd_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, time) logits that each token was replaced."""
+        return self.rtd_out(activate(self.rtd_dense(hidden), self.config.activation)).squeeze(-1)
+
     def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's sentence vector: tanh(dense(hidden at <cls>, position 0)); without a pooler, the hidden state at
         <cls> itself."""
@@ -135,6 +142,8 @@ class Encoder(nn.Module):
         boundaries (`span_left`, `span_right`, `span_position`), the span-boundary loss on the same targets. With
         a task head: (logits, loss or None), `labels` being `labels` or `start_positions` and `end_positions`."""
         hidden = self.encode(input_ids, token_type_ids, padding_mask, first_only=self.config.head == "sequence")
+        if self.config.head == "rtd":
+            return self.rtd_logits(hidden), None
         if self.config.head != "lm":
             features = self.pooled(hidden) if self.config.head == "sequence" else hidden
             return self.head(features, padding_mask, **labels)

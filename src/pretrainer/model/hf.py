@@ -613,6 +613,11 @@ def family_of(config: ModelConfig) -> str:
     c = config.resolved()
     if c.attention_only:
         raise ConversionError("model.attention_only has no transformers family to export to: all of them have MLPs")
+    if c.head != "lm":
+        raise ConversionError(
+            f"model.head={c.head} has no transformers family here: pretrained models (model.head=lm) convert, "
+            "fine-tuned heads and ELECTRA's discriminator do not yet"
+        )
     candidates = [f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)]
     if not candidates:
         raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")

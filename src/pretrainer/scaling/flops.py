@@ -103,10 +103,20 @@ def count_params(config: ModelConfig) -> ParamCounts:
             parts |= {"NSP head": _linear(d, 2, True) if c.nsp_head else 0}
             sbo = _linear(3 * d, d, True) + _norm(c) + _linear(d, width, True) + _norm(c, width)
             parts |= {"span-boundary head": c.max_seq_len * d + sbo if c.sbo_head else 0}
+        elif c.head == "rtd":
+            parts |= {"replaced-token head": _linear(d, d, True) + _linear(d, 1, True)}
         else:
             parts |= {"task head": _task_head(c)}
+        if c.generator_fraction:  # ELECTRA's generator: all but the embedding tables it shares
+            from ..model.electra import generator_config
+
+            generator = count_params(generator_config(c))
+            shared = sum(parts[k] for k in ("token embedding", "position embedding", "segment embedding"))
+            parts |= {"generator (embeddings shared)": generator.total - shared}
         embedding = sum(parts[k] for k in ("token embedding", "position embedding", "segment embedding"))
         embedding += parts.get(head + " and its bias", 0) + (c.max_seq_len * d if c.sbo_head else 0)
+        if c.generator_fraction:
+            embedding += generator.embedding - shared
     else:
         relative = c.relative_buckets * c.n_head  # one table per stack
         parts = {
@@ -180,6 +190,8 @@ def _head_matmuls(c: ModelConfig) -> int:
         # SpanBERT's boundary head: its two layers and the tied decoder again, on the same masked tokens
         boundary = 3 * c.d_model * c.d_model + c.d_model * width + c.vocab_size * width if c.sbo_head else 0
         return transform + c.vocab_size * width + boundary
+    if c.head == "rtd":
+        return c.d_model * c.d_model + c.d_model
     return c.d_model * 2 if c.head == "span" else c.d_model * c.n_labels if c.head == "token" else 0
 
 
@@ -198,6 +210,11 @@ def model_flops(config: ModelConfig, input_len: float, target_len: float = 0, he
         if target_len:
             raise ValueError(f"a {c.arch} reads no target tokens")
         blocks = c.n_layer * _block_matmuls(c, cross=False)[0] + _projection_matmuls(c)
+        if c.head == "rtd":  # ELECTRA: the discriminator's head reads every token; the generator's, the masked
+            from ..model.electra import generator_config
+
+            generator = model_flops(generator_config(c), input_len, 0, head_share) if c.generator_fraction else 0
+            return 6 * (blocks + _head_matmuls(c)) * input_len + 12 * c.n_layer * width * input_len**2 + generator
         weights = (blocks + head_share * _head_matmuls(c)) * input_len
         return 6 * weights + 12 * c.n_layer * width * input_len**2
     own_enc, _ = _block_matmuls(c, cross=False)

@@ -14,7 +14,7 @@ from pretrainer.config import ModelConfig
 from pretrainer.convert import convert, export_hf, import_hf
 from pretrainer.errors import ConversionError
 from pretrainer.model import build_model
-from pretrainer.model.hf import config_from_hf, config_to_hf, state_dict_from_hf
+from pretrainer.model.hf import config_from_hf, config_to_hf, family_of, state_dict_from_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,6 +49,16 @@ def hf_configs():
             max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
             classifier_dropout_prob=0, initializer_range=0.2, **common,
         ),
+        "electra": transformers.ElectraConfig(
+            embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0, initializer_range=0.2,
+            **common,
+        ),
+        "electra-generator": transformers.ElectraConfig(
+            embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=48, hidden_dropout_prob=0, attention_probs_dropout_prob=0, initializer_range=0.2,
+            architectures=["ElectraForMaskedLM"], **common,
+        ),
         "distilbert": transformers.DistilBertConfig(
             dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=48, dropout=0, attention_dropout=0,
             initializer_range=0.2, pad_token_id=0, **V_,
@@ -75,7 +85,7 @@ def hf_configs():
     }  # fmt: skip
 
 
-ENCODERS = ("bert", "roberta", "albert", "distilbert")
+ENCODERS = ("bert", "roberta", "albert", "distilbert", "electra", "electra-generator")
 HF_CLASSES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
@@ -84,6 +94,8 @@ HF_CLASSES = {
     "roberta": "RobertaForMaskedLM",
     "albert": "AlbertForPreTraining",
     "distilbert": "DistilBertForMaskedLM",
+    "electra": "ElectraForPreTraining",
+    "electra-generator": "ElectraForMaskedLM",
     "t5-v1.0": "T5ForConditionalGeneration",
     "t5-v1.1": "T5ForConditionalGeneration",
     "t5-gated-silu": "T5ForConditionalGeneration",
@@ -151,7 +163,7 @@ def test_parity_with_transformers(name):
     theirs = getattr(transformers, HF_CLASSES[name])(hf_config).eval()
     config = config_from_hf(hf_config.to_dict())
     ours = build_model(config).eval()
-    family = hf_config.model_type
+    family = family_of(config)
     state, notes = state_dict_from_hf(family, theirs.state_dict(), config)
     missing = ours.load_state_dict(state, strict=False).missing_keys
     assert set(missing) <= {"lm_head.weight", "mlm_decoder.weight", "pooler.weight", "pooler.bias"}
@@ -212,6 +224,14 @@ OURS = {
     "distilbert": ModelConfig(
         arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
         norm_position="post", activation="gelu", pooler=False,
+    ),
+    "electra": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
+        norm_position="post", activation="gelu", type_vocab_size=2, pooler=False, head="rtd", embedding_dim=16,
+    ),
+    "electra-generator": ModelConfig(
+        arch="encoder", vocab_size=V, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, norm_eps=1e-12,
+        norm_position="post", activation="gelu", type_vocab_size=2, pooler=False,
     ),
     "t5-v1.0": ModelConfig(
         arch="encoder_decoder", vocab_size=V, n_layer=2, n_decoder_layer=3, n_head=4, d_model=32, d_ff=64,
@@ -520,6 +540,8 @@ def test_attention_shapes_their_family_lacks_are_refused(name, change, message, 
         ("albert", dict(embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, vocab_size=30000), 12),  # albert-base-v2
         ("distilbert", dict(), 66),  # distilbert-base-uncased: transformers' defaults
+        ("electra", dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+                         intermediate_size=1024), 14),  # electra-small-discriminator
     ],
 )  # fmt: skip
 def test_published_base_configs_count_what_transformers_builds(name, hf_config, millions):
@@ -527,7 +549,8 @@ def test_published_base_configs_count_what_transformers_builds(name, hf_config, 
     transformers' model of the same config: ALBERT-base's ~12M against BERT-base's ~110M, DistilBERT's ~66M."""
     from pretrainer.scaling.flops import count_params
 
-    config = getattr(transformers, {"albert": "AlbertConfig", "distilbert": "DistilBertConfig"}[name])(**hf_config)
+    kinds = {"albert": "AlbertConfig", "distilbert": "DistilBertConfig", "electra": "ElectraConfig"}
+    config = getattr(transformers, kinds[name])(**hf_config)
     theirs = getattr(transformers, HF_CLASSES[name])(config)
     ours = count_params(config_from_hf(config.to_dict())).total
     assert ours == sum(p.numel() for p in theirs.parameters())
@@ -554,9 +577,9 @@ def test_a_wide_albert_embedding_is_allowed_with_a_warning():
         load_config(None, ["model.arch=encoder", "objective.name=mlm", "model.d_model=32", "model.embedding_dim=64"])
 
 
-@pytest.mark.parametrize("head", ["rtd", "sequence"])
+@pytest.mark.parametrize("head", ["token", "sequence"])
 def test_heads_without_a_family_are_refused(head, tmp_path):
-    config = dataclasses.replace(OURS["bert"], head=head, n_labels=3 if head == "sequence" else 0)
+    config = dataclasses.replace(OURS["bert"], head=head, n_labels=3)
     with pytest.raises(ConversionError, match=f"model.head={head} has no transformers family here"):
         export_hf(build_model(config), None, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
@@ -569,3 +592,16 @@ def test_a_generator_wider_than_its_discriminator_is_allowed_with_a_warning():
         load_config(
             None, ["model.arch=encoder", "objective.name=mlm", "model.head=rtd", "model.generator_fraction=1.5"]
         )
+
+
+def test_an_electra_run_exports_its_discriminator(tmp_path):
+    """An ELECTRA pretraining model (generator and discriminator in one module) converts to the model it keeps:
+    ElectraForPreTraining gives the discriminator's logits."""
+    torch.manual_seed(2)
+    ours = build_model(dataclasses.replace(OURS["electra"], generator_fraction=0.5)).eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # logits of a few units
+    out = export_hf(ours, None, tmp_path / "hf")
+    theirs = transformers.ElectraForPreTraining.from_pretrained(out).eval()
+    expected, pad = hf_logits(theirs, "electra")
+    assert_same(expected, our_logits(ours.discriminator, "electra"), pad, "electra")

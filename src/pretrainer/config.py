@@ -437,10 +437,6 @@ def validate(config: Config) -> None:
             "replacements it cannot tell apart (ELECTRA found 1/4 to 1/2 of the width best)",
             stacklevel=2,
         )
-    if m.head == "rtd" and o.name == "mlm" and not m.generator_fraction:
-        raise ConfigError(
-            "model.head=rtd pretrains on a generator's replacements: set model.generator_fraction (ELECTRA: 0.25)"
-        )
     if m.embedding_dim and m.embedding_dim > m.d_model:
         warnings.warn(
             f"model.embedding_dim={m.embedding_dim} is wider than model.d_model={m.d_model}: the factorised embedding "

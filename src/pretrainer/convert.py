@@ -9,6 +9,7 @@ directory or a GGUF file (imported as a checkpoint folder of ours), or a built-i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -88,6 +89,8 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     _check_destination(out)
     config = model.config
+    if config.generator_fraction:  # an ELECTRA run keeps its discriminator; the generator was for pretraining
+        model, config = model.discriminator, dataclasses.replace(config, generator_fraction=None)
     family = family_of(config)
     _check_vocab(config, tokenizer)
     tensors = state_dict_to_hf(family, model.state_dict(), config)

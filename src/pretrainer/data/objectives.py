@@ -461,6 +461,10 @@ class SpanCorruption:
 def make_objective(config, tokenizer: Tokenizer):
     """The objective a Config asks for, bound to its tokenizer and model."""
     o, m = config.objective, config.model
+    if m.head == "rtd" and not m.generator_fraction:  # a discriminator alone (imported, say) can be loaded, not trained
+        raise ConfigError(
+            "model.head=rtd pretrains on a generator's replacements: set model.generator_fraction (ELECTRA: 0.25)"
+        )
     if o.name == "mlm":
         return MaskedLM(o.seq_len, tokenizer, o.mask_prob, o.whole_word, o.nsp, o.sop, o.spans, o.sbo)
     if o.name == "span_corruption":

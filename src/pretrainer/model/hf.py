@@ -1,4 +1,5 @@
-"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT, RoBERTa, ALBERT, DistilBERT and T5.
+"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT, RoBERTa, ALBERT, DistilBERT, ELECTRA
+(discriminator and generator) and T5.
 
 Each family is one record (`Family`, in `FAMILIES`), read one way to import and the other to export: the config
 fields it fixes, its config.json key names and defaults, its tokenizer's special tokens and one table of tensor
@@ -41,6 +42,11 @@ class Family:
     needs: Callable[[ModelConfig], list[str]] = lambda c: []  # what an exported model needs beyond `fixes`
     optional: dict = field(default_factory=dict)  # our modules a real checkpoint may lack -> what to call them
     bare_prefix: str | None = None  # the prefix a bare base model (no heads) leaves off its tensor keys
+    key: str = ""  # its key in FAMILIES when two records share a model_type (ELECTRA's two models); else the name
+
+    @property
+    def id(self) -> str:
+        return self.key or self.name
 
 
 # their activation name -> ours, and ours -> the one we write
@@ -255,7 +261,7 @@ _BERT_KEYS = {
 }
 # what a plain BERT-like encoder is: the fields the family variants below change, at BERT's values
 _PLAIN_ENCODER = dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False,
-                      bias=True, position_offset=0, embedding_dim=None, share_layers=False)  # fmt: skip
+                      bias=True, position_offset=0, embedding_dim=None, share_layers=False, head="lm")  # fmt: skip
 BERT = Family(
     name="bert",
     architecture="BertForMaskedLM",
@@ -553,20 +559,88 @@ T5 = Family(
     needs=lambda c: [] if c.n_kv_head == c.n_head else ["n_kv_head == n_head"],  # d_kv is T5's head size
 )
 
-FAMILIES = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, T5)}
+
+def _electra_rows(c: ModelConfig) -> Iterator[Row]:
+    yield from _bert_embedding_rows(c, "electra.embeddings.")
+    if c.embedding_dim:
+        for p in ("weight", "bias"):
+            yield _row(f"emb_proj.{p}", f"electra.embeddings_project.{p}")
+    for i in range(c.n_layer):
+        yield from _bert_layer_rows(f"blocks.{i}.", f"electra.encoder.layer.{i}.")
+    if c.head == "rtd":
+        for p in ("weight", "bias"):
+            yield _row(f"rtd_dense.{p}", f"discriminator_predictions.dense.{p}")
+            yield _row(f"rtd_out.{p}", f"discriminator_predictions.dense_prediction.{p}")
+    else:
+        yield from _mlm_rows(c, "generator_predictions.dense", "generator_predictions.LayerNorm",
+                             "generator_lm_head.bias", None)  # fmt: skip
 
 
-def _family(name) -> Family:
-    if name not in FAMILIES:
+def _electra_from_hf(hf: dict) -> dict:
+    # transformers projects the embeddings only when they are narrower or wider than the layers
+    width = hf["embedding_size"]
+    return {"type_vocab_size": hf["type_vocab_size"], "embedding_dim": None if width == hf["hidden_size"] else width}
+
+
+def _electra_needs(c: ModelConfig) -> list[str]:
+    same = ["embedding_dim unset or other than d_model (transformers projects only then)"]
+    return (same if c.embedding_dim == c.d_model else []) + _plain_heads(c)
+
+
+def _electra(head: str, architecture: str, key: str) -> Family:
+    return Family(
+        name="electra",
+        key=key,
+        architecture=architecture,
+        fixes={
+            **{k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"},
+            "head": head,
+            "pooler": False,
+            "nsp_head": False,
+        },  # fmt: skip
+        keys={**_BERT_KEYS, "max_seq_len": "max_position_embeddings"},
+        activation_key="hidden_act",
+        defaults={"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2, "embedding_size": 128},
+        rows=_electra_rows,
+        special_tokens=BERT.special_tokens,
+        from_hf=_electra_from_hf,
+        to_hf=lambda c: {
+            "type_vocab_size": max(c.type_vocab_size, 1),
+            "embedding_size": c.embedding_dim or c.d_model,
+            "hidden_dropout_prob": c.dropout,
+            "attention_probs_dropout_prob": c.dropout,
+        },
+        optional=_BERT_OPTIONAL,
+        needs=_electra_needs,
+        bare_prefix="electra.",
+    )
+
+
+# ELECTRA's discriminator (`model.head=rtd`, the model its pretraining keeps) and its generator (an MLM)
+ELECTRA = _electra("rtd", "ElectraForPreTraining", "electra")
+ELECTRA_GENERATOR = _electra("lm", "ElectraForMaskedLM", "electra-generator")
+FAMILIES = {f.id: f for f in (GPT2, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5)}
+
+
+def _family(key: str) -> Family:
+    return FAMILIES[key]
+
+
+def _family_of_hf(hf: dict) -> Family:
+    """The record for a config.json: by its model_type, and by its architecture where a model_type has two."""
+    kinds = [f for f in FAMILIES.values() if f.name == hf.get("model_type")]
+    if not kinds:
+        names = ", ".join(dict.fromkeys(f.name for f in FAMILIES.values()))
         raise ConversionError(
-            f"unsupported architecture '{name}' in config.json; pretrainer converts {', '.join(FAMILIES)}"
+            f"unsupported architecture '{hf.get('model_type')}' in config.json; pretrainer converts {names}"
         )
-    return FAMILIES[name]
+    architectures = hf.get("architectures") or []
+    return next((f for f in kinds if f.architecture in architectures), kinds[0])
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     """Our ModelConfig for a `transformers` config.json (as a dict)."""
-    family = _family(hf.get("model_type"))
+    family = _family_of_hf(hf)
     hf = family.defaults | hf
     try:
         fields = family.fixes | {ours: hf[theirs] for ours, theirs in family.keys.items()}
@@ -613,15 +687,15 @@ def family_of(config: ModelConfig) -> str:
     c = config.resolved()
     if c.attention_only:
         raise ConversionError("model.attention_only has no transformers family to export to: all of them have MLPs")
-    if c.head != "lm":
+    if c.head not in ("lm", "rtd"):
         raise ConversionError(
-            f"model.head={c.head} has no transformers family here: pretrained models (model.head=lm) convert, "
-            "fine-tuned heads and ELECTRA's discriminator do not yet"
+            f"model.head={c.head} has no transformers family here: pretrained models (model.head=lm or rtd) "
+            "convert, fine-tuned heads do not yet"
         )
     candidates = [f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)]
     if not candidates:
         raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
-    needs = {f.name: [f"{k}={v!r}" for k, v in f.fixes.items() if getattr(c, k) != v] + f.needs(c) for f in candidates}
+    needs = {f.id: [f"{k}={v!r}" for k, v in f.fixes.items() if getattr(c, k) != v] + f.needs(c) for f in candidates}
     name = min(needs, key=lambda name: len(needs[name]))  # the first that fits, or the nearest
     if needs[name]:
         raise ConversionError(f"this {c.arch} model cannot be exported as {name}: it needs {', '.join(needs[name])}")
@@ -684,8 +758,8 @@ def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor]) -> tuple[to
     from . import build_model
 
     config = config_from_hf(hf_config)
-    family = FAMILIES[hf_config["model_type"]]
-    state, notes = state_dict_from_hf(family.name, tensors, config)
+    family = _family_of_hf(hf_config)
+    state, notes = state_dict_from_hf(family.id, tensors, config)
     embedding = state["tok_emb.weight"]
     if embedding.shape[0] != config.vocab_size:
         raise ConversionError(

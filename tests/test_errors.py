@@ -110,6 +110,8 @@ CASES = [
     Case("a span-boundary objective without spans",
          train("model.arch=encoder", "objective.name=mlm", "model.sbo_head=true", "objective.sbo=true"),
          "objective.sbo=true predicts masked spans from their boundaries: it needs objective.spans=true"),
+    Case("a teacher for a decoder", train("--from {tmp}/teacher"),
+         "objective.teacher distils a masked-LM encoder: it needs objective.name=mlm, model.head=lm"),
     Case("an ELECTRA discriminator without a generator", train("model.arch=encoder", "objective.name=mlm",
          "model.head=rtd"), "model.head=rtd pretrains on a generator's replacements: set model.generator_fraction"),
     Case("an ELECTRA generator of width 0", train("model.arch=encoder", "objective.name=mlm", "model.head=rtd",

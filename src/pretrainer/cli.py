@@ -32,7 +32,8 @@ def cmd_data(args) -> None:
 def cmd_train(args) -> None:
     from .train.trainer import train
 
-    config = load_config(args.config, args.overrides)
+    teacher = [] if args.teacher is None else [f"objective.teacher={args.teacher}"]
+    config = load_config(args.config, [*args.overrides, *teacher])
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     _report(train(config, run_dir, resume=args.resume), f"{run_dir}/loss.png")
 
@@ -275,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="pretrain a model from a config")
     _config_args(p)
+    p.add_argument(
+        "--from",
+        dest="teacher",
+        help="distil from this teacher, a run or checkpoint folder of an MLM encoder (objective.teacher)",
+    )
     p.add_argument("--run-dir", help="where metrics, checkpoints and plots go (default runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=cmd_train)

@@ -182,6 +182,11 @@ class ObjectiveConfig:
     sop: bool = False  # mlm: also sentence-order prediction (ALBERT): consecutive segments, swapped half the time
     spans: bool = False  # mlm: SpanBERT's masking: spans of whole words (Geometric(0.2) lengths, at most 10)
     sbo: bool = False  # mlm with spans: also SpanBERT's span-boundary objective (needs model.sbo_head)
+    teacher: str | None = None  # mlm: distil from this run or checkpoint (DistilBERT); `train --from`
+    distill_temperature: float = 2.0  # with a teacher: the softmax temperature of the soft targets
+    distill_ce: float = 5.0  # with a teacher: the weights of the soft cross-entropy (× T²), ...
+    distill_mlm: float = 2.0  # ... of the student's own MLM loss ...
+    distill_cos: float = 1.0  # ... and of 1 − cosine of the last hidden states (DistilBERT's 5, 2, 1)
     noise_density: float = 0.15  # span_corruption: share of tokens masked
     mean_span_length: float = 3.0  # span_corruption
 
@@ -465,6 +470,15 @@ def validate(config: Config) -> None:
             raise ConfigError(f"objective.{key} must be between 0 and 1 (got {getattr(o, key)}); 0.15 is usual")
     if o.mean_span_length < 1:
         raise ConfigError(f"objective.mean_span_length must be at least 1 token (got {o.mean_span_length})")
+    if o.teacher is not None:
+        if o.name != "mlm" or m.head != "lm":
+            raise ConfigError(
+                "objective.teacher distils a masked-LM encoder: it needs objective.name=mlm, model.head=lm"
+            )
+        if not o.distill_temperature > 0:
+            raise ConfigError(
+                f"objective.distill_temperature must be positive (got {o.distill_temperature}); 2 is usual"
+            )
     if o.nsp and o.sop:
         raise ConfigError("objective.nsp and objective.sop are two tasks for one head: choose one")
     for task in ("nsp", "sop"):

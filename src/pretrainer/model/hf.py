@@ -262,6 +262,7 @@ _BERT_KEYS = {
 # what a plain BERT-like encoder is: the fields the family variants below change, at BERT's values
 _PLAIN_ENCODER = dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False,
                       bias=True, position_offset=0, embedding_dim=None, share_layers=False, head="lm")  # fmt: skip
+_FACTORISABLE_ENCODER = {k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"}  # ALBERT's, ELECTRA's
 BERT = Family(
     name="bert",
     architecture="BertForMaskedLM",
@@ -376,7 +377,7 @@ ALBERT = Family(
     name="albert",
     architecture="AlbertForPreTraining",
     fixes={
-        **{k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"},
+        **_FACTORISABLE_ENCODER,
         "share_layers": True,
         "nsp_head": True,
         "pooler": True,
@@ -593,7 +594,7 @@ def _electra(head: str, architecture: str, key: str) -> Family:
         key=key,
         architecture=architecture,
         fixes={
-            **{k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"},
+            **_FACTORISABLE_ENCODER,
             "head": head,
             "pooler": False,
             "nsp_head": False,

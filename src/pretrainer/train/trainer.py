@@ -34,6 +34,7 @@ from ..eval.attention import plot_induction_heads
 from ..eval.metrics import perplexity
 from ..files import write_atomic
 from ..model import build_model, lora
+from ..model.distill import Distillation, init_from_teacher
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
 from .distributed import (
@@ -300,6 +301,9 @@ class Trainer:
         elif f.freeze_body:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
+        # what trains: the model, or with a teacher (DistilBERT) the model learning from it; loaded before the RNG
+        # state is restored, as building the teacher draws from it
+        trained = self._distillation(state) if config.objective.teacher else self.model
         self.step, self.sample, self.scores = 0, 0, {}
         # a fine-tuning run keeps checkpoints/best, and may stop early (finetune.metric, finetune.patience)
         self.best = {"value": None, "step": 0, "evals_since": 0} if config.objective.name == "task" else None
@@ -324,7 +328,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        self.wrapped = wrap(self.model, self.world, self.device, t.precision)
+        self.wrapped = wrap(trained, self.world, self.device, t.precision)
         self.optimizer = make_optimizer(self.model, config)  # after wrap: FSDP2 replaces parameters by shards
         if state is not None:
             load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.world)
@@ -333,9 +337,44 @@ class Trainer:
         self.tokens_per_step = examples_per_step * self.train_batches.tokens_per_example
         targets = self.train_batches.target_tokens_per_example
         inputs = self.train_batches.tokens_per_example - targets
-        head_share = config.objective.mask_prob if config.objective.name == "mlm" else 1.0
+        # an MLM's head runs on the masked tokens only; a distilled student's on all, to match its teacher's
+        head_share = config.objective.mask_prob if config.objective.name == "mlm" and trained is self.model else 1.0
         self.flops_per_step = model_flops(config.model, inputs, targets, head_share) * examples_per_step
+        if trained is not self.model:  # and the teacher's forward pass: a third of its training FLOPs
+            self.flops_per_step += model_flops(trained.teacher.config, inputs) / 3 * examples_per_step
         self.peak = peak_flops(self.device, self.dtype)
+
+    def _distillation(self, state: dict | None) -> Distillation:
+        """The model (the student) learning from objective.teacher, refused unless the teacher is a masked-LM
+        encoder of the student's vocabulary, tokenizer and width; a fresh student starts from every other layer
+        of it. A resumed run checks that the teacher's weights have not changed."""
+        o, student = self.config.objective, self.model
+        teacher, tokenizer, _ = load_any(o.teacher)
+        c = teacher.config
+        if c.arch != "encoder" or c.head != "lm" or not hasattr(teacher, "mlm_dense"):
+            raise ConfigError(f"the teacher '{o.teacher}' is a {c.arch} with head={c.head}; give a masked-LM encoder")
+        if tokenizer is None or tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise DataError(
+                f"the teacher '{o.teacher}' was trained with another tokenizer than data.tokenizer: the student must "
+                "read the teacher's token ids; set data.tokenizer to the teacher's tokenizer.json"
+            )
+        for key in ("vocab_size", "d_model"):
+            if getattr(c, key) != getattr(student.config, key):
+                raise ConfigError(
+                    f"the teacher has model.{key}={getattr(c, key)} and the student {getattr(student.config, key)}; "
+                    f"a student learns from its teacher's {key.replace('_', ' ')}: set model.{key}={getattr(c, key)}"
+                )
+        self.data["teacher_sha256"] = _tensors_sha256(teacher.state_dict())
+        saved = (state or {}).get("data", {}).get("teacher_sha256")
+        if state is not None and saved != self.data["teacher_sha256"]:
+            raise CheckpointError(
+                f"the teacher '{o.teacher}' has changed since {self.resumed_from.name} was saved; a resumed run must "
+                "learn from the same teacher: restore it, or start a new --run-dir"
+            )
+        if state is None:
+            init_from_teacher(student, teacher)
+        weights = (o.distill_ce, o.distill_mlm, o.distill_cos)
+        return Distillation(student, teacher.to(self.device), o.distill_temperature, weights)
 
     def _prepare_pretraining(self, saved: dict | None) -> None:
         """The shards, refused when they differ from `saved` (the data record of the checkpoint resumed from), and

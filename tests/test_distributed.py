@@ -162,6 +162,10 @@ def test_ranks_with_different_configs_refuse_to_start(two_ranks):
         (["train.parallel=ddp", "train.batch_size=3"], "train.batch_size=3 is the global batch and does not split"),
         (["train.parallel=fsdp", "train.precision=fp16"], "train.parallel=fsdp trains in fp32 or bf16"),
         (["train.parallel=fsdp", "finetune.lora_rank=4"], "LoRA adapters (finetune.lora_rank) train in one process"),
+        (
+            ["train.parallel=fsdp", "model.arch=encoder", "objective.name=mlm", "objective.teacher=runs/x"],
+            "distillation (objective.teacher) trains in one process or under train.parallel=ddp",
+        ),
     ],
 )
 def test_a_world_that_cannot_work_is_refused_before_joining(monkeypatch, overrides, says):

@@ -93,6 +93,8 @@ def join(config: Config, device: torch.device) -> World:
             )
         if config.finetune.lora_rank:
             raise ConfigError("LoRA adapters (finetune.lora_rank) train in one process or under train.parallel=ddp")
+        if config.objective.teacher:
+            raise ConfigError("distillation (objective.teacher) trains in one process or under train.parallel=ddp")
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")), t.parallel)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

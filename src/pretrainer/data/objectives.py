@@ -377,9 +377,10 @@ class MaskedLM:
         self.special = tokenizer_special_ids(tokenizer)
         self.word_starts = word_start_table(tokenizer) if whole_word or spans else None
         self.spans, self.sbo = spans, sbo
-        pool = torch.ones(self.tokenizer_vocab_size, dtype=torch.bool)
-        pool[[i for i in {*self.special, self.mask} if i < self.tokenizer_vocab_size]] = False
-        self.random_pool = pool.nonzero().squeeze(1).numpy()  # what a randomly replaced span is drawn from
+        if spans:  # what a randomly replaced span is drawn from
+            pool = torch.ones(self.tokenizer_vocab_size, dtype=torch.bool)
+            pool[[i for i in {*self.special, self.mask} if i < self.tokenizer_vocab_size]] = False
+            self.random_pool = pool.nonzero().squeeze(1).numpy()
         self.window = self.stride = seq_len - 2
         self.tokens_per_example, self.target_tokens_per_example = seq_len, 0
 

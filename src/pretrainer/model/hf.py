@@ -381,7 +381,7 @@ ALBERT = Family(
         "share_layers": True,
         "nsp_head": True,
         "pooler": True,
-    },  # fmt: skip
+    },
     keys={**_BERT_KEYS, "max_seq_len": "max_position_embeddings"},
     activation_key="hidden_act",
     defaults={
@@ -390,7 +390,7 @@ ALBERT = Family(
         "type_vocab_size": 2,
         "hidden_act": "gelu_new",
         "embedding_size": 128,
-    },  # fmt: skip
+    },
     rows=_albert_rows,
     special_tokens=BERT.special_tokens | {"pad_token": "<pad>", "unk_token": "<unk>"},
     from_hf=_albert_from_hf,
@@ -598,7 +598,7 @@ def _electra(head: str, architecture: str, key: str) -> Family:
             "head": head,
             "pooler": False,
             "nsp_head": False,
-        },  # fmt: skip
+        },
         keys={**_BERT_KEYS, "max_seq_len": "max_position_embeddings"},
         activation_key="hidden_act",
         defaults={"layer_norm_eps": 1e-12, "tie_word_embeddings": True, "type_vocab_size": 2, "embedding_size": 128},
@@ -621,10 +621,6 @@ def _electra(head: str, architecture: str, key: str) -> Family:
 ELECTRA = _electra("rtd", "ElectraForPreTraining", "electra")
 ELECTRA_GENERATOR = _electra("lm", "ElectraForMaskedLM", "electra-generator")
 FAMILIES = {f.id: f for f in (GPT2, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5)}
-
-
-def _family(key: str) -> Family:
-    return FAMILIES[key]
 
 
 def _family_of_hf(hf: dict) -> Family:
@@ -716,7 +712,7 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelConfig) -> tuple[dict, list[str]]:
     """(our state dict, notes on what the checkpoint lacked) from a `transformers` state dict."""
-    fam = _family(family)
+    fam = FAMILIES[family]
     if fam.bare_prefix and not any(k.startswith(fam.bare_prefix) for k in hf):
         hf = {fam.bare_prefix + k: v for k, v in hf.items()}
     out, missing = {}, []
@@ -736,7 +732,7 @@ def state_dict_from_hf(family: str, hf: dict[str, torch.Tensor], config: ModelCo
 def state_dict_to_hf(family: str, ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     config = config.resolved()
     out = {}
-    for key, theirs, transpose in _family(family).rows(config):
+    for key, theirs, transpose in FAMILIES[family].rows(config):
         tensor = ours[key].t() if transpose else ours[key]
         sizes = None
         if len(theirs) > 1:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config, ModelConfig
+from ..model.electra import generator_config
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,6 @@ def count_params(config: ModelConfig) -> ParamCounts:
         else:
             parts |= {"task head": _task_head(c)}
         if c.generator_fraction:  # ELECTRA's generator: all but the embedding tables it shares
-            from ..model.electra import generator_config
-
             generator = count_params(generator_config(c))
             shared = sum(parts[k] for k in ("token embedding", "position embedding", "segment embedding"))
             parts |= {"generator (embeddings shared)": generator.total - shared}
@@ -211,8 +210,6 @@ def model_flops(config: ModelConfig, input_len: float, target_len: float = 0, he
             raise ValueError(f"a {c.arch} reads no target tokens")
         blocks = c.n_layer * _block_matmuls(c, cross=False)[0] + _projection_matmuls(c)
         if c.head == "rtd":  # ELECTRA: the discriminator's head reads every token; the generator's, the masked
-            from ..model.electra import generator_config
-
             generator = model_flops(generator_config(c), input_len, 0, head_share) if c.generator_fraction else 0
             return 6 * (blocks + _head_matmuls(c)) * input_len + 12 * c.n_layer * width * input_len**2 + generator
         weights = (blocks + head_share * _head_matmuls(c)) * input_len

@@ -351,7 +351,7 @@ class Trainer:
         o, student = self.config.objective, self.model
         teacher, tokenizer, _ = load_any(o.teacher)
         c = teacher.config
-        if c.arch != "encoder" or c.head != "lm" or not hasattr(teacher, "mlm_dense"):
+        if c.arch != "encoder" or c.head != "lm":
             raise ConfigError(f"the teacher '{o.teacher}' is a {c.arch} with head={c.head}; give a masked-LM encoder")
         if tokenizer is None or tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise DataError(

@@ -118,6 +118,16 @@ CASES = [
          "model.generator_fraction=0"), "model.generator_fraction must be positive (got 0.0)"),
     Case("an ALBERT embedding of width 0", train("model.arch=encoder", "objective.name=mlm", "model.embedding_dim=0"),
          "model.embedding_dim must be at least 1 (got 0)"),
+    Case("one expert", train("model.moe_experts=1"), "model.moe_experts=1: a mixture needs at least 2 experts"),
+    Case("an expert capacity of 0", train("model.moe_experts=4", "model.moe_capacity_factor=0"),
+         "model.moe_capacity_factor must be positive (got 0.0)"),
+    Case("an attention window of 0", train("model.attention_pattern=alternating", "model.attention_window=0"),
+         "model.attention_window must be at least 1 (got 0)"),
+    Case("an attention window as long as the context",
+         train("model.attention_pattern=alternating", "model.attention_window=4096"),
+         "is not smaller than model.max_seq_len=64: every layer would be dense; use model.attention_pattern=dense"),
+    Case("a banded pattern without a window", train("model.attention_pattern=alternating"),
+         "model.attention_pattern=alternating needs model.attention_window"),
     Case("shared layers in a decoder", train("model.share_layers=true"),
          "model.share_layers is for model.arch=encoder, not decoder"),
     Case("an NSP head without a pooler",
@@ -235,6 +245,8 @@ CASES = [
          "hf_config_no_width"),
     Case("an architecture pretrainer does not hold", "convert {tmp}/hf {tmp}/out",
          "unsupported architecture 'mamba'", "hf_config_mamba"),
+    Case("a GPT-Neo attention type pretrainer lacks", "convert {tmp}/hf {tmp}/out",
+         "attention type 'sparse' in config.json's attention_types", "gpt_neo_sparse_layers"),
     Case("pickled weights", "convert {tmp}/hf {tmp}/out", "pickled .bin weights are not loaded", "hf_pickled"),
     Case("a destination that cannot be written", "convert {tmp}/hf {tmp}/out", "cannot write '{tmp}/out': "
          "Permission denied", "read_only_destination"),
@@ -367,6 +379,14 @@ def gpt2_folder(tmp, run, monkeypatch):
     config = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)
     export_hf(build_model(config), None, tmp / "hf")
     (tmp / "file").write_text("a file")
+
+
+def gpt_neo_sparse_layers(tmp, run, monkeypatch):
+    config = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_seq_len=32, attention_bias=False,
+                         scale_attention=False, attention_pattern="alternating", attention_window=8)  # fmt: skip
+    export_hf(build_model(config), None, tmp / "hf")
+    hf = json.loads((tmp / "hf" / "config.json").read_text())
+    (tmp / "hf" / "config.json").write_text(json.dumps(hf | {"attention_types": [[["global", "sparse"], 1]]}))
 
 
 def hf_config_not_json(tmp, run, monkeypatch):

@@ -30,6 +30,11 @@ KINDS = {
         **SMALL,
     ),  # fmt: skip
     "attention-only": ModelConfig(arch="decoder", attention_only=True, **SMALL),
+    # experts with room for every token (capacity factor = experts), so every token meets one expert
+    "gpt-moe": ModelConfig(arch="decoder", moe_experts=4, moe_capacity_factor=4.0, **SMALL),
+    "gpt-neo": ModelConfig(
+        arch="decoder", attention_bias=False, attention_pattern="alternating", attention_window=4, **SMALL
+    ),
     "decoder-classifier": ModelConfig(arch="decoder", head="sequence", n_labels=3, **SMALL),
     "bert": ModelConfig(arch="encoder", type_vocab_size=2, nsp_head=True, norm_position="post", **SMALL),
     "bert-untied": ModelConfig(arch="encoder", tie_embeddings=False, **SMALL),
@@ -69,6 +74,7 @@ KINDS = {
         **SMALL,
     ),  # fmt: skip
 }
+KINDS["switch"] = ModelConfig(**{**KINDS["t5"].__dict__, "moe_experts": 4, "moe_every": 1, "moe_capacity_factor": 4.0})
 
 
 def _vocabulary_and_positions(model: nn.Module) -> int:
@@ -142,7 +148,9 @@ def _model_flops_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama", "bert-untied", "albert", "albert-untied", "electra", "t5", "t5-v1.1"])
+@pytest.mark.parametrize(
+    "kind", ["gpt", "llama", "gpt-moe", "bert-untied", "albert", "albert-untied", "electra", "t5", "t5-v1.1", "switch"]
+)
 def test_model_flops_equal_torchs_flop_counter(kind):
     config = KINDS[kind]
     torch.manual_seed(0)
@@ -194,3 +202,12 @@ def test_gpu_peaks_match_exact_names():
     assert gpu_peak("NVIDIA H200", torch.float32, tf32=False) == 66.9e12
     assert gpu_peak("NVIDIA A100-SXM4-80GB", torch.float16, tf32=True) == 312e12
     assert gpu_peak("NVIDIA L4 (something else)", torch.bfloat16, tf32=True) is None
+
+
+def test_a_banded_layer_scores_only_its_window():
+    """GPT-Neo's pattern over 16 tokens, window 4: the local layer (the second of two) scores 16 × 4 pairs, not
+    16 × 16, at 12·(heads·head_dim) FLOPs each; nothing else changes."""
+    banded = KINDS["gpt-neo"]
+    dense = ModelConfig(**{**banded.__dict__, "attention_pattern": "dense", "attention_window": None})
+    assert model_flops(dense, 16) - model_flops(banded, 16) == 12 * 32 * 16 * (16 - 4)
+    assert model_flops(dense, 4) == model_flops(banded, 4)  # no longer than the window: dense

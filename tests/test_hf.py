@@ -29,6 +29,12 @@ def hf_configs():
             n_positions=48, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
             initializer_range=0.2, **common,
         ),
+        # global, local, global: the window of 8 bites on the 24-token inputs
+        "gpt_neo": transformers.GPTNeoConfig(
+            max_position_embeddings=48, hidden_size=32, num_layers=3, num_heads=4, window_size=8,
+            attention_types=[[["global", "local"], 1], [["global"], 1]], embed_dropout=0, resid_dropout=0,
+            attention_dropout=0, initializer_range=0.2, **common,
+        ),
         "llama": transformers.LlamaConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=48, rope_theta=500.0, initializer_range=0.2, **common,
@@ -73,6 +79,15 @@ def hf_configs():
             tie_word_embeddings=False, relative_attention_num_buckets=8, relative_attention_max_distance=20,
             decoder_start_token_id=0, **common,
         ),
+        # Switch Transformers is T5 v1.0 with experts in every other block; a capacity of 512 tokens a sequence
+        # is a capacity factor of 4 experts × 512 / 512 = 4 here: no token is dropped (the capacity rule's own
+        # parity is test_switch_layer_equals_transformers)
+        "t5-switch": transformers.SwitchTransformersConfig(
+            d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4, num_experts=4,
+            expert_capacity=512, num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, dropout_rate=0,
+            router_jitter_noise=0, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            decoder_start_token_id=0, **common,
+        ),
         # "gated-gelu" alone means the tanh GELU (T5 v1.1's); any other "[gated-]ACT" means ACT itself
         "t5-gated-silu": transformers.T5Config(
             d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0, feed_forward_proj="gated-silu",
@@ -88,6 +103,7 @@ def hf_configs():
 ENCODERS = ("bert", "roberta", "albert", "distilbert", "electra", "electra-generator")
 HF_CLASSES = {
     "gpt2": "GPT2LMHeadModel",
+    "gpt_neo": "GPTNeoForCausalLM",
     "llama": "LlamaForCausalLM",
     "llama3-rope": "LlamaForCausalLM",
     "bert": "BertForMaskedLM",
@@ -101,6 +117,7 @@ HF_CLASSES = {
     "t5-gated-silu": "T5ForConditionalGeneration",
     "t5-gelu": "T5ForConditionalGeneration",
     "t5-gated-exact-gelu": "T5ForConditionalGeneration",
+    "t5-switch": "SwitchTransformersForConditionalGeneration",
 }
 
 
@@ -246,6 +263,11 @@ T5_MLPS = {
     "t5-gated-exact-gelu": dict(gated_mlp=True, activation="gelu"),  # written as "gated-gelu_python"
 }
 OURS |= {name: dataclasses.replace(OURS["t5-v1.0"], **mlp) for name, mlp in T5_MLPS.items()}
+OURS["t5-switch"] = dataclasses.replace(OURS["t5-v1.0"], moe_experts=4, moe_capacity_factor=4.0)
+OURS["gpt_neo"] = dataclasses.replace(
+    OURS["gpt2"], attention_bias=False, scale_attention=False, attention_pattern="alternating", attention_window=8,
+    n_layer=3,
+)  # fmt: skip
 OURS["llama3-rope"] = dataclasses.replace(
     OURS["llama"], max_seq_len=128, rope_theta=500.0, rope_scaling="llama3", rope_scaling_factor=4.0,
     rope_high_freq_factor=4.0, rope_original_max_seq_len=32,
@@ -303,7 +325,9 @@ def test_not_every_model_fits_a_family():
         export_hf(build_model(pre_ln_bert), None, "/nonexistent/never-written")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", *ENCODERS, "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "gpt_neo", "llama", *ENCODERS, "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu", "t5-switch"]
+)
 def test_config_round_trip(name):
     """transformers config -> ours -> transformers config -> ours: the same config, and their keys kept."""
     hf = hf_configs()[name].to_dict()

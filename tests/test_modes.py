@@ -1,4 +1,5 @@
-"""Encoder (BERT, MLM) and encoder-decoder (T5, span corruption): masks, training, resume, generation."""
+"""Encoder (BERT, MLM) and encoder-decoder (T5, span corruption), and the sparse decoders (Switch experts,
+GPT-Neo's banded attention): masks, training, resume, generation."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,10 @@ ROBERTA = {**BERT, "data.tokenizer": "roberta", "model.position_offset": 2, "mod
 ALBERT = {**BERT, "model.embedding_dim": 16, "model.share_layers": True, "model.nsp_head": True, "objective.sop": True}
 SPANBERT = {**BERT, "model.sbo_head": True, "objective.spans": True, "objective.sbo": True}
 ELECTRA = {**BERT, "model.head": "rtd", "model.generator_fraction": 0.5}
-MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "electra": ELECTRA, "t5": T5}
+MOE = {"model.moe_experts": 4, "model.moe_every": 1}
+GPT_NEO = {"model.attention_bias": False, "model.attention_pattern": "alternating", "model.attention_window": 8}
+MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "electra": ELECTRA, "t5": T5,
+         "moe": MOE, "gpt-neo": GPT_NEO, "switch": {**T5, **MOE, "model.moe_every": 2}}  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -34,8 +38,11 @@ def test_pretraining_learns(mode, tiny_config, tmp_path):
     result = pretrainer.train(config, tmp_path / "run")
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
-    if mode != "t5":
+    if MODES[mode].get("objective.name") == "mlm":
         assert 0.05 < result.scores["val_mlm_accuracy"] <= 1.0
+    if "model.moe_experts" in MODES[mode]:  # every log row says how the experts were used
+        rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+        assert all(0 <= r["moe_dropped"] < 1 and len(r["moe_load"]) == 4 for r in rows)
     if mode == "electra":  # in 40 steps the discriminator learns at least how often tokens are replaced
         assert 0 < result.scores["val_replaced"] < 0.15
         assert result.scores["val_rtd_accuracy"] >= 1 - result.scores["val_replaced"] - 0.01

@@ -49,8 +49,16 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # gelu | gelu_tanh | relu | silu
     gated_mlp: bool = False  # True with silu: SwiGLU (Llama); with gelu_tanh: GeGLU (T5 v1.1)
     bias: bool = True
+    attention_bias: bool | None = None  # the query, key and value projections' biases; None: as `bias` (GPT-Neo: off)
     attention_only: bool = False  # blocks without their MLP (the attention-only models of induction-head studies)
-    scale_attention: bool = True  # False: no 1/sqrt(head_dim) in attention (T5 folds it into the init)
+    scale_attention: bool = True  # False: no 1/sqrt(head_dim) in attention (T5 folds it into its init; GPT-Neo)
+    attention_pattern: str = "dense"  # dense | alternating: decoder blocks 1, 3, 5, ... see only the last
+    attention_window: int | None = None  # ... this many keys (GPT-3's locally banded layers; GPT-Neo uses 256)
+    moe_experts: int = 0  # > 1: Switch Transformer: the MLP of every moe_every-th block is this many experts, top-1
+    moe_every: int = 2  # blocks 1, 1 + k, 1 + 2k, ... of each stack are sparse (every block when k = 1)
+    moe_capacity_factor: float = 1.25  # an expert takes at most ceil(factor × sequence length / experts) per sequence
+    moe_aux_loss: float = 0.01  # α of the load-balancing loss α·E·Σ f_i·P_i, per sparse block (training only)
+    moe_z_loss: float = 0.0  # the router z-loss's weight (mean of logsumexp(router logits)²); 0.001 in ST-MoE
     tie_embeddings: bool = True
     head_scale: bool = False  # encoder_decoder: decoder output times d_model^-0.5 before the head (T5 v1.0)
     type_vocab_size: int = 0  # encoder: segment (token type) embeddings; BERT uses 2
@@ -119,6 +127,7 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.generator_fraction must be positive (got {self.generator_fraction}); ELECTRA uses 0.25"
                 )
+        self._check_sparsity()
         if self.nsp_head and not self.pooler:
             raise ConfigError("model.nsp_head reads the pooled <cls>: set model.pooler=true, or drop the head")
         positions = {"decoder": ("learned", "rope"), "encoder": ("learned",), "encoder_decoder": ("relative",)}
@@ -148,12 +157,53 @@ class ModelConfig:
             n_kv_head=self.n_kv_head or self.n_head,
             d_ff=self.d_ff or 4 * self.d_model,
             n_decoder_layer=(self.n_decoder_layer or self.n_layer) if self.arch == "encoder_decoder" else None,
+            attention_bias=self.bias if self.attention_bias is None else self.attention_bias,
         )
         if c.n_head % c.n_kv_head:
             raise ConfigError(f"model.n_head={c.n_head} is not divisible by model.n_kv_head={c.n_kv_head}")
         if c.positions == "rope" and c.head_dim % 2:
             raise ConfigError(f"rope needs an even head size; model.head_dim is {c.head_dim}")
         return c
+
+    def _check_sparsity(self) -> None:
+        """The rules of the two sparse ideas: banded attention layers and mixture-of-experts MLPs."""
+        if self.attention_pattern == "alternating":
+            if self.arch != "decoder":
+                raise ConfigError(f"model.attention_pattern=alternating is for model.arch=decoder, not {self.arch}")
+            if self.attention_window is None:
+                raise ConfigError("model.attention_pattern=alternating needs model.attention_window (GPT-Neo: 256)")
+        elif self.attention_window is not None:
+            raise ConfigError("model.attention_window is for model.attention_pattern=alternating; set both or neither")
+        if self.attention_window is not None:
+            _check_positive("model.attention_window", self.attention_window)
+            if self.attention_window >= self.max_seq_len:
+                raise ConfigError(
+                    f"model.attention_window={self.attention_window} is not smaller than model.max_seq_len="
+                    f"{self.max_seq_len}: every layer would be dense; use model.attention_pattern=dense or a smaller "
+                    "window"
+                )
+        if self.moe_experts:
+            if self.moe_experts < 2:
+                raise ConfigError(
+                    f"model.moe_experts={self.moe_experts}: a mixture needs at least 2 experts (0: a dense MLP)"
+                )
+            if self.attention_only:
+                raise ConfigError("model.moe_experts replaces MLPs, and model.attention_only has none")
+            _check_positive("model.moe_every", self.moe_every)
+            if not self.moe_capacity_factor > 0:
+                raise ConfigError(
+                    f"model.moe_capacity_factor must be positive (got {self.moe_capacity_factor}); Switch uses 1.0-1.25"
+                )
+            if self.moe_aux_loss < 0 or self.moe_z_loss < 0:
+                raise ConfigError("model.moe_aux_loss and model.moe_z_loss must be 0 or more")
+
+    def attention_window_of(self, layer: int) -> int | None:
+        """The keys a query of block `layer` sees: the last attention_window of them, or all (None)."""
+        return self.attention_window if self.attention_pattern == "alternating" and layer % 2 == 1 else None
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether block `layer` of its stack has experts for an MLP (Switch Transformers' rule in transformers)."""
+        return self.moe_experts > 1 and layer % self.moe_every == 1 % self.moe_every
 
 
 def _check_positive(key: str, value: int) -> None:
@@ -319,6 +369,7 @@ _MODEL_CHOICES = {
     "norm_position": ("pre", "post"),
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
     "head": ("lm", "rtd", "sequence", "token", "span"),
+    "attention_pattern": ("dense", "alternating"),
 }
 _CHOICES = {
     ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),

@@ -21,20 +21,24 @@ def attention_mask(
     kv_len: int,
     *,
     causal: bool,
+    window: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor | None:
     """Which keys each query may see, as SDPA's boolean mask (True = attend); None when it sees all.
 
     The one rule of the field: in an encoder (and in cross-attention) every query sees every key; in a
-    decoder the query at absolute position p sees only keys at positions <= p. Queries are the last
-    `q_len` of `kv_len` positions, so the rule holds during cached decoding too. `key_padding_mask`
+    decoder the query at absolute position p sees only keys at positions <= p, and with a `window` only the last
+    `window` of them, p - window < key <= p (GPT-3's locally banded layers, GPT-Neo's "local" ones). Queries are the
+    last `q_len` of `kv_len` positions, so the rule holds during cached decoding too. `key_padding_mask`
     (batch, kv_len), True for real tokens, hides padding in either case.
     """
     mask = None
-    if causal and q_len > 1:
+    banded = window is not None and kv_len > window
+    if causal and (q_len > 1 or banded):
         q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
-        mask = q_pos[:, None] >= torch.arange(kv_len, device=device)[None, :]
+        distance = q_pos[:, None] - torch.arange(kv_len, device=device)[None, :]
+        mask = (distance >= 0) & (distance < window) if banded else distance >= 0
     if key_padding_mask is not None:
         keys = key_padding_mask[:, None, None, :].bool()
         mask = keys if mask is None else mask & keys
@@ -168,23 +172,25 @@ class RelativePositionBias(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention, the only one in the library. Self-attention projects queries, keys and values
-    from x; cross-attention (cross=True) takes keys and values from `memory`, the encoder's output."""
+    from x; cross-attention (cross=True) takes keys and values from `memory`, the encoder's output. A causal one
+    with a `window` sees only that many most recent keys (see `attention_mask`)."""
 
-    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False):
+    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False, window: int | None = None):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
         self.causal = causal
         self.cross = cross
+        self.window = window
         self.scale = None if config.scale_attention else 1.0
         self.dropout = config.dropout
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if cross:
-            self.q = nn.Linear(config.d_model, q_size, config.bias)
-            self.kv = nn.Linear(config.d_model, 2 * kv_size, config.bias)
+            self.q = nn.Linear(config.d_model, q_size, config.attention_bias)
+            self.kv = nn.Linear(config.d_model, 2 * kv_size, config.attention_bias)
         else:
-            self.qkv = nn.Linear(config.d_model, q_size + 2 * kv_size, config.bias)
+            self.qkv = nn.Linear(config.d_model, q_size + 2 * kv_size, config.attention_bias)
         self.proj = nn.Linear(q_size, config.d_model, config.bias)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -251,11 +257,13 @@ class Attention(nn.Module):
         # grouped-query attention: each kv head serves a group of q heads; SDPA reads them in place (copying them
         # per group would copy the whole KV cache at every decoding step)
         gqa = self.n_kv_head != self.n_head
-        if self.causal and key_padding_mask is None and position_bias is None and t == kv_len:
+        dense = self.window is None or kv_len <= self.window
+        if self.causal and key_padding_mask is None and position_bias is None and t == kv_len and dense:
             # the same rule as attention_mask, on SDPA's fused causal path
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale,
                                                   enable_gqa=gqa)  # fmt: skip
-        mask = attention_mask(t, kv_len, causal=self.causal, key_padding_mask=key_padding_mask, device=q.device)
+        mask = attention_mask(t, kv_len, causal=self.causal, window=self.window, key_padding_mask=key_padding_mask,
+                              device=q.device)  # fmt: skip
         if position_bias is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
                                                   enable_gqa=gqa)  # fmt: skip
@@ -305,20 +313,109 @@ class MLP(nn.Module):
         return self.proj(activate(h, self.activation))
 
 
+class SwitchMLP(nn.Module):
+    """Switch Transformer's mixture of experts in place of a block's MLP. A router (in fp32: Switch's "selective
+    precision") sends each token to its most probable expert (top-1). Per sequence an expert takes at most
+    ceil(capacity_factor × length / experts) tokens, first come first served; the overflow gets no output here and
+    passes through the block on the residual alone. An expert's output is scaled by the router's probability for it,
+    which is how the router learns. Tokens are grouped by expert with one sort, not a loop over tokens.
+
+    In training each forward leaves its auxiliary losses in `losses` (see `router_loss`) and adds to `totals`, the
+    counts `moe_metrics` reports: the load-balancing loss, dropped tokens and each expert's share."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_experts = config.moe_experts
+        self.capacity_factor = config.moe_capacity_factor
+        self.weights = (config.moe_aux_loss, config.moe_z_loss)
+        self.router = nn.Linear(config.d_model, config.moe_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(config) for _ in range(config.moe_experts))
+        self.losses: tuple[torch.Tensor, torch.Tensor] | None = None
+        # forwards, tokens, dropped tokens, summed balance loss, tokens per expert
+        self.register_buffer("totals", torch.zeros(4 + config.moe_experts), persistent=False)
+
+    def capacity(self, length: int) -> int:
+        return math.ceil(self.capacity_factor * length / self.n_experts)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(router logits, probabilities, chosen expert, kept) for x (batch, time, d_model): kept is False for the
+        tokens beyond their expert's capacity in their sequence."""
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.router.weight.float())
+        probs = logits.softmax(-1)
+        expert = probs.argmax(-1)
+        place = F.one_hot(expert, self.n_experts).cumsum(1).gather(-1, expert[..., None]).squeeze(-1)
+        return logits, probs, expert, place <= self.capacity(x.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        logits, probs, expert, kept = self.route(x)
+        tokens, experts = x.reshape(b * t, d), expert.flatten()
+        routed = kept.flatten().nonzero().squeeze(1)
+        order = routed[experts[routed].argsort(stable=True)]  # the kept tokens, grouped by expert
+        counts = torch.bincount(experts[routed], minlength=self.n_experts).tolist()
+        # every expert runs, an empty one on no rows: all get a gradient, as DDP expects of every parameter
+        outputs = torch.cat([mlp(tokens[rows]) for mlp, rows in zip(self.experts, order.split(counts), strict=True)])
+        y = tokens.new_zeros(b * t, d).index_copy(0, order, outputs.to(tokens.dtype))
+        y = y * probs.gather(-1, expert[..., None]).flatten(0, 1).to(y.dtype)
+        if self.training:
+            self.losses = (load_balancing_loss(probs, expert), logits.logsumexp(-1).square().mean())
+            with torch.no_grad():
+                load = torch.bincount(experts, minlength=self.n_experts)
+                self.totals += torch.cat([torch.tensor([1.0, b * t, b * t - len(routed)], device=x.device),
+                                          self.losses[0].detach()[None], load.float()])  # fmt: skip
+        return y.view(b, t, d)
+
+
+def load_balancing_loss(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Switch's auxiliary loss E·Σ_i f_i·P_i per sequence, averaged over sequences: f_i the share of its tokens whose
+    first choice is expert i (dropped or not), P_i the mean router probability of i. 1 when perfectly balanced."""
+    n_experts = probs.shape[-1]
+    share = F.one_hot(expert, n_experts).float().mean(1)
+    return n_experts * (share * probs.mean(1)).sum(-1).mean()
+
+
+def router_loss(model: nn.Module) -> torch.Tensor | float:
+    """What training adds to the task's loss for the Switch layers' last forward: α·balance + β·z per sparse layer
+    (the paper's sum over layers); 0 outside training and in a dense model."""
+    if not (model.training and model.config.moe_experts):
+        return 0.0
+    layers = [m for m in model.modules() if isinstance(m, SwitchMLP)]
+    return sum(m.weights[0] * m.losses[0] + m.weights[1] * m.losses[1] for m in layers)
+
+
+def moe_metrics(model: nn.Module) -> dict:
+    """The Switch layers' training numbers since the last call (which it clears), over all sparse layers: the mean
+    load-balancing loss, the share of tokens dropped for capacity and each expert's share of the tokens."""
+    layers = [m for m in model.modules() if isinstance(m, SwitchMLP)]
+    totals = sum(m.totals for m in layers)
+    if not layers or not totals[0]:
+        return {}
+    for m in layers:
+        m.totals.zero_()
+    forwards, tokens, dropped, balance, load = totals[0], totals[1], totals[2], totals[3], totals[4:]
+    return {
+        "moe_balance": round(float(balance / forwards), 4),
+        "moe_dropped": round(float(dropped / tokens), 4),
+        "moe_load": [round(float(share), 4) for share in load / load.sum()],
+    }
+
+
 class Block(nn.Module):
     """One transformer layer: self-attention, cross-attention (encoder-decoder's decoder only), MLP, each a
-    residual sublayer with its norm before (pre-LN: x + f(norm(x))) or after (post-LN: norm(x + f(x)))."""
+    residual sublayer with its norm before (pre-LN: x + f(norm(x))) or after (post-LN: norm(x + f(x))). Its
+    index in its stack, `layer`, says whether its attention is banded and whether its MLP is experts."""
 
-    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False):
+    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False, layer: int = 0):
         super().__init__()
         self.post_norm = config.norm_position == "post"
         self.norm1 = norm(config)
-        self.attn = Attention(config, causal=causal)
+        self.attn = Attention(config, causal=causal, window=config.attention_window_of(layer))
         if cross:
             self.norm_cross = norm(config)
             self.cross_attn = Attention(config, causal=False, cross=True)
         self.norm2 = None if config.attention_only else norm(config)
-        self.mlp = None if config.attention_only else MLP(config)
+        self.mlp = None if config.attention_only else SwitchMLP(config) if config.is_sparse(layer) else MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
     def _residual(self, x, norm_layer, f, keep=None):

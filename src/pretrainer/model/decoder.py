@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
-from .blocks import Block, KVCache, Rotary, init_weights, norm
+from .blocks import Block, KVCache, Rotary, init_weights, norm, router_loss
 from .heads import TaskHead, last_real_token
 from .ops import linear_cross_entropy
 
@@ -24,7 +24,7 @@ class Decoder(nn.Module):
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
         self.rotary = Rotary(config) if config.positions == "rope" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, causal=True, layer=i) for i in range(config.n_layer))
         self.norm_f = norm(config)
         if config.head == "lm":
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -49,7 +49,7 @@ class Decoder(nn.Module):
         mean cross-entropy), targets of -100 ignored; the logits are then never materialised whole (see
         `linear_cross_entropy`). With a sequence head: (logits, loss or None) from the last real token
         (`padding_mask` True on real tokens; padding on the right, which causal attention keeps out of every real
-        position)."""
+        position). A loss includes, in training, the Switch layers' `router_loss`."""
         start = cache[0].length if cache else 0
         t = input_ids.shape[1]
         if start + t > self.config.max_seq_len:
@@ -65,9 +65,11 @@ class Decoder(nn.Module):
             x = block(x, self.rotary, cache[i] if cache else None)
         x = self.norm_f(x)
         if self.config.head == "sequence":
-            return self.head(last_real_token(x, padding_mask), labels=labels)
+            logits, loss = self.head(last_real_token(x, padding_mask), labels=labels)
+            return logits, None if loss is None else loss + router_loss(self)
         if targets is not None:
-            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return None, loss + router_loss(self)
         return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:

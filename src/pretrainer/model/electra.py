@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .blocks import router_loss
 from .encoder import Encoder
 
 IGNORE = -100
@@ -60,7 +61,7 @@ class Electra(nn.Module):
         logits, corrupted, replaced = self.replace(input_ids, targets, token_type_ids, padding_mask)
         mlm = F.cross_entropy(logits, targets[targets != IGNORE])
         rtd = self._rtd_loss(corrupted, replaced, token_type_ids, padding_mask)[0]
-        return None, mlm + self.config.rtd_weight * rtd
+        return None, mlm + self.config.rtd_weight * rtd + router_loss(self)
 
     def _rtd_loss(self, corrupted, replaced, token_type_ids, padding_mask):
         real = torch.ones_like(replaced) if padding_mask is None else padding_mask.bool()

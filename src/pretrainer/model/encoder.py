@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
-from .blocks import Block, activate, init_weights, norm
+from .blocks import Block, activate, init_weights, norm, router_loss
 from .heads import TaskHead
 from .ops import linear_cross_entropy
 
@@ -32,7 +32,7 @@ class Encoder(nn.Module):
         self.emb_proj = nn.Linear(width, config.d_model) if config.embedding_dim else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config, causal=False) for _ in range(1 if config.share_layers else config.n_layer)
+            Block(config, causal=False, layer=i) for i in range(1 if config.share_layers else config.n_layer)
         )
         # pre-LN leaves the residual stream un-normalised; post-LN's last block already ends in a norm
         self.norm_f = norm(config) if config.norm_position == "pre" else nn.Identity()
@@ -79,7 +79,8 @@ class Encoder(nn.Module):
         if self.emb_proj is not None:
             x = self.emb_proj(x)
         real = keep = None
-        if first_only or (padding_mask is not None and not padding_mask.all()):
+        packed = first_only or (padding_mask is not None and not padding_mask.all())
+        if packed and not self.config.moe_experts:  # experts route per sequence: they need the (batch, time) layout
             # padding is dead weight outside attention: every other layer works on the real tokens alone, and
             # the padding's hidden states come out as zeros
             if padding_mask is None:
@@ -94,7 +95,7 @@ class Encoder(nn.Module):
             x = block(x, key_padding_mask=padding_mask, real=real, keep=keep if i == n - 1 else None)
         x = self.norm_f(x)
         if first_only:
-            return x[:, None]
+            return x[:, None] if real is not None else x[:, :1]
         if real is None:
             return x
         return x.new_zeros(b * t, x.shape[-1]).index_copy(0, real, x).view(b, t, -1)
@@ -146,7 +147,8 @@ class Encoder(nn.Module):
             return self.rtd_logits(hidden), None
         if self.config.head != "lm":
             features = self.pooled(hidden) if self.config.head == "sequence" else hidden
-            return self.head(features, padding_mask, **labels)
+            logits, loss = self.head(features, padding_mask, **labels)
+            return logits, None if loss is None else loss + router_loss(self)
         if targets is None:
             return self.mlm_logits(hidden), None
         chosen = targets != -100
@@ -157,7 +159,7 @@ class Encoder(nn.Module):
             loss = loss + linear_cross_entropy(boundary, self.mlm_decoder.weight, targets[chosen], bias=self.mlm_bias)
         if nsp_labels is not None:
             loss = loss + self.nsp_loss(hidden, nsp_labels)
-        return None, loss
+        return None, loss + router_loss(self)
 
     @torch.no_grad()
     def eval_sums(

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, norm
+from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, SwitchMLP, norm, router_loss
 from .ops import linear_cross_entropy
 
 
@@ -33,6 +33,8 @@ def t5_init(model: nn.Module, config: ModelConfig) -> None:
         elif isinstance(module, MLP):
             module.fc.weight.normal_(0.0, d**-0.5)
             module.proj.weight.normal_(0.0, module.proj.weight.shape[1] ** -0.5)
+        elif isinstance(module, SwitchMLP):
+            module.router.weight.normal_(0.0, d**-0.5)
         elif isinstance(module, RelativePositionBias):
             module.embedding.weight.normal_(0.0, d**-0.5)
     model.tok_emb.weight.normal_(0.0, 1.0)
@@ -45,7 +47,7 @@ class Stack(nn.Module):
     def __init__(self, config: ModelConfig, n_layer: int, causal: bool):
         super().__init__()
         self.rel_bias = RelativePositionBias(config, bidirectional=not causal)
-        self.blocks = nn.ModuleList(Block(config, causal=causal, cross=causal) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(Block(config, causal=causal, cross=causal, layer=i) for i in range(n_layer))
         self.norm_f = norm(config)
         self.drop = nn.Dropout(config.dropout)
 
@@ -102,14 +104,15 @@ class EncoderDecoder(nn.Module):
         cache=None,
         memory=None,
     ):
-        """(logits, None) over the decoder positions, or with `targets`: (None, mean cross-entropy), targets
-        of -100 ignored. `padding_mask` (batch, input time) is True for real input tokens; pass `memory`
-        (the encoder output) to skip re-encoding while decoding step by step."""
+        """(logits, None) over the decoder positions, or with `targets`: (None, mean cross-entropy and in training
+        the Switch layers' `router_loss`), targets of -100 ignored. `padding_mask` (batch, input time) is True for
+        real input tokens; pass `memory` (the encoder output) to skip re-encoding while decoding step by step."""
         if memory is None:
             memory = self.encode(input_ids, padding_mask)
         hidden = self.decode(decoder_input_ids, memory, padding_mask, decoder_padding_mask, cache)
         if targets is not None:
-            return None, linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            loss = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return None, loss + router_loss(self)
         return self.lm_head(hidden), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:

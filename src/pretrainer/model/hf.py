@@ -8,6 +8,7 @@ keys. Dicts and tensors in, dicts and tensors out: reading and writing files is 
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Family:
     optional: dict = field(default_factory=dict)  # our modules a real checkpoint may lack -> what to call them
     bare_prefix: str | None = None  # the prefix a bare base model (no heads) leaves off its tensor keys
     key: str = ""  # its key in FAMILIES when two records share a model_type (ELECTRA's two models); else the name
+    holds: frozenset = frozenset()  # the sparse ideas it has: "banded attention" (GPT-Neo), "experts" (Switch)
 
     @property
     def id(self) -> str:
@@ -104,7 +106,16 @@ def _gpt2_needs(c: ModelConfig) -> list[str]:
 GPT2 = Family(
     name="gpt2",
     architecture="GPT2LMHeadModel",
-    fixes=dict(arch="decoder", positions="learned", norm="layernorm", norm_position="pre", gated_mlp=False, bias=True),
+    fixes=dict(
+        arch="decoder",
+        positions="learned",
+        norm="layernorm",
+        norm_position="pre",
+        gated_mlp=False,
+        bias=True,
+        attention_bias=True,
+        scale_attention=True,
+    ),  # fmt: skip
     keys={
         **_COMMON_KEYS,
         "n_layer": "n_layer",
@@ -125,6 +136,102 @@ GPT2 = Family(
     special_tokens={"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
     to_hf=lambda c: {"resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout},
     needs=_gpt2_needs,
+)
+
+
+def _gpt_neo_rows(c: ModelConfig) -> Iterator[Row]:
+    yield _row("tok_emb.weight", "transformer.wte.weight")
+    yield _row("pos_emb.weight", "transformer.wpe.weight")
+    for p in ("weight", "bias"):
+        yield _row(f"norm_f.{p}", f"transformer.ln_f.{p}")
+    for i in range(c.n_layer):
+        ours, h = f"blocks.{i}.", f"transformer.h.{i}."
+        yield _row(ours + "attn.qkv.weight", *(h + f"attn.attention.{x}_proj.weight" for x in "qkv"))
+        for p in ("weight", "bias"):
+            yield _row(f"{ours}norm1.{p}", f"{h}ln_1.{p}")
+            yield _row(f"{ours}attn.proj.{p}", f"{h}attn.attention.out_proj.{p}")
+            yield _row(f"{ours}norm2.{p}", f"{h}ln_2.{p}")
+            yield _row(f"{ours}mlp.fc.{p}", f"{h}mlp.c_fc.{p}")
+            yield _row(f"{ours}mlp.proj.{p}", f"{h}mlp.c_proj.{p}")
+    yield from _untied_head(c)
+
+
+def _gpt_neo_from_hf(hf: dict) -> dict:
+    """GPT-Neo's per-layer attention kinds ("global": dense; "local": the last window_size keys) as our pattern."""
+    try:
+        layers = [kind for kinds, repeats in hf["attention_types"] for _ in range(repeats) for kind in kinds]
+    except (TypeError, ValueError):
+        raise ConversionError(
+            f"attention_types={hf['attention_types']!r} in config.json is not [[[KIND, ...], REPEATS], ...]"
+        ) from None
+    unknown = sorted(set(layers) - {"global", "local"})
+    if unknown:
+        raise ConversionError(
+            f"attention type {', '.join(map(repr, unknown))} in config.json's attention_types: pretrainer has "
+            "'global' (dense) and 'local' (banded) attention"
+        )
+    if len(layers) != hf["num_layers"]:
+        raise ConversionError(
+            f"attention_types in config.json name {len(layers)} layers, num_layers is {hf['num_layers']}; fix one"
+        )
+    if "local" not in layers:
+        return {"attention_pattern": "dense"}
+    if layers != ["local" if i % 2 else "global" for i in range(len(layers))]:
+        raise ConversionError(
+            f"attention_types in config.json give the layers {layers}: pretrainer alternates them global, local, "
+            "global, ... (GPT-Neo's pattern) and has no other"
+        )
+    return {"attention_pattern": "alternating", "attention_window": hf["window_size"]}
+
+
+def _gpt_neo_to_hf(c: ModelConfig) -> dict:
+    n = c.n_layer
+    if c.attention_pattern == "dense":
+        kinds = [[["global"], n]]
+    else:
+        kinds = [[["global", "local"], n // 2]] + ([[["global"], 1]] if n % 2 else [])
+    dropouts = {"embed_dropout": c.dropout, "resid_dropout": c.dropout, "attention_dropout": c.dropout}
+    return {"attention_types": kinds, "window_size": c.attention_window or 256} | dropouts
+
+
+GPT_NEO = Family(
+    name="gpt_neo",
+    architecture="GPTNeoForCausalLM",
+    # GPT-2's layout, with bias-free query, key and value projections and no 1/sqrt(head_dim) in attention
+    fixes=dict(
+        arch="decoder",
+        positions="learned",
+        norm="layernorm",
+        norm_position="pre",
+        gated_mlp=False,
+        bias=True,
+        attention_bias=False,
+        scale_attention=False,
+    ),  # fmt: skip
+    keys={
+        **_COMMON_KEYS,
+        "n_layer": "num_layers",
+        "n_head": "num_heads",
+        "d_model": "hidden_size",
+        "d_ff": "intermediate_size",
+        "max_seq_len": "max_position_embeddings",
+        "norm_eps": "layer_norm_epsilon",
+    },
+    activation_key="activation_function",
+    defaults={
+        "intermediate_size": None,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+        "window_size": 256,
+        "attention_types": [[["global", "local"], 12]],
+    },
+    rows=_gpt_neo_rows,
+    special_tokens=GPT2.special_tokens,
+    from_hf=_gpt_neo_from_hf,
+    to_hf=_gpt_neo_to_hf,
+    needs=_gpt2_needs,
+    holds=frozenset({"banded attention"}),
 )
 
 
@@ -181,7 +288,16 @@ def _llama_to_hf(c: ModelConfig) -> dict:
 LLAMA = Family(
     name="llama",
     architecture="LlamaForCausalLM",
-    fixes=dict(arch="decoder", positions="rope", norm="rmsnorm", norm_position="pre", gated_mlp=True, bias=False),
+    fixes=dict(
+        arch="decoder",
+        positions="rope",
+        norm="rmsnorm",
+        norm_position="pre",
+        gated_mlp=True,
+        bias=False,
+        attention_bias=False,
+        scale_attention=True,
+    ),  # fmt: skip
     keys={
         **_COMMON_KEYS,
         "n_layer": "num_hidden_layers",
@@ -261,7 +377,8 @@ _BERT_KEYS = {
 }
 # what a plain BERT-like encoder is: the fields the family variants below change, at BERT's values
 _PLAIN_ENCODER = dict(arch="encoder", positions="learned", norm="layernorm", norm_position="post", gated_mlp=False,
-                      bias=True, position_offset=0, embedding_dim=None, share_layers=False, head="lm")  # fmt: skip
+                      bias=True, attention_bias=True, scale_attention=True, position_offset=0, embedding_dim=None,
+                      share_layers=False, head="lm")  # fmt: skip
 _FACTORISABLE_ENCODER = {k: v for k, v in _PLAIN_ENCODER.items() if k != "embedding_dim"}  # ALBERT's, ELECTRA's
 BERT = Family(
     name="bert",
@@ -453,7 +570,14 @@ def _refuse_sinusoidal(hf: dict) -> dict:
     return {}
 
 
-def _t5_rows(c: ModelConfig) -> Iterator[Row]:
+def _t5_mlp_rows(c: ModelConfig, layer: int, ours: str, theirs: str) -> Iterator[Row]:
+    wi = ("wi_0", "wi_1") if c.gated_mlp else ("wi",)
+    yield _row(ours + "mlp.fc.weight", *(f"{theirs}DenseReluDense.{w}.weight" for w in wi))
+    yield _row(ours + "mlp.proj.weight", theirs + "DenseReluDense.wo.weight")
+
+
+def _t5_rows(c: ModelConfig, mlp_rows=_t5_mlp_rows) -> Iterator[Row]:
+    """T5's tensors; `mlp_rows(c, layer, ours, theirs)` gives each block's MLP (Switch Transformers' differ)."""
     yield _row("tok_emb.weight", "shared.weight")
     for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
         yield _row(
@@ -475,9 +599,7 @@ def _t5_rows(c: ModelConfig) -> Iterator[Row]:
                 )
                 yield _row(ours + "cross_attn.proj.weight", h + "1.EncDecAttention.o.weight")
             yield _row(ours + "norm2.weight", h + f"{ff}.layer_norm.weight")
-            wi = ("wi_0", "wi_1") if c.gated_mlp else ("wi",)
-            yield _row(ours + "mlp.fc.weight", *(h + f"{ff}.DenseReluDense.{w}.weight" for w in wi))
-            yield _row(ours + "mlp.proj.weight", h + f"{ff}.DenseReluDense.wo.weight")
+            yield from mlp_rows(c, i, ours, f"{h}{ff}.")
     yield from _untied_head(c)
 
 
@@ -561,6 +683,111 @@ T5 = Family(
 )
 
 
+def _switch_mlp_rows(c: ModelConfig, layer: int, ours: str, theirs: str) -> Iterator[Row]:
+    if not c.is_sparse(layer):
+        yield _row(ours + "mlp.fc.weight", theirs + "mlp.wi.weight")
+        yield _row(ours + "mlp.proj.weight", theirs + "mlp.wo.weight")
+        return
+    yield _row(ours + "mlp.router.weight", theirs + "mlp.router.classifier.weight")
+    for e in range(c.moe_experts):
+        yield _row(f"{ours}mlp.experts.{e}.fc.weight", f"{theirs}mlp.experts.expert_{e}.wi.weight")
+        yield _row(f"{ours}mlp.experts.{e}.proj.weight", f"{theirs}mlp.experts.expert_{e}.wo.weight")
+
+
+def _sparse_layers(c: ModelConfig, n_layer: int) -> int:
+    return sum(c.is_sparse(i) for i in range(n_layer))
+
+
+def _switch_from_hf(hf: dict) -> dict:
+    """Switch Transformers' sparse blocks (`_hf_sparse_blocks`) as our one moe_every for both stacks. Its capacity
+    is a number of tokens per sequence, ours a factor of the sequence length: converted at 512 tokens, the length
+    transformers' T5 models are made for (one length has to be chosen)."""
+    if hf["router_bias"]:
+        raise ConversionError("router_bias=true in config.json: pretrainer's routers have no bias")
+    stacks = {"num_layers": "num_sparse_encoder_layers", "num_decoder_layers": "num_sparse_decoder_layers"}
+    theirs = [_hf_sparse_blocks(hf[layers] or hf["num_layers"], hf[sparse]) for layers, sparse in stacks.items()]
+    every = next((step for step in range(1, 1 + hf["num_layers"]) if theirs == [
+        [i % step == 1 % step for i in range(len(blocks))] for blocks in theirs
+    ]), None)  # fmt: skip
+    if every is None:
+        raise ConversionError(
+            f"config.json makes encoder blocks {_indices(theirs[0])} and decoder blocks {_indices(theirs[1])} "
+            "sparse: pretrainer makes blocks 1, 1 + k, 1 + 2k, ... of both stacks sparse (model.moe_every=k)"
+        )
+    return {
+        "max_seq_len": hf.get("n_positions") or 512,
+        "decoder_start_id": hf.get("decoder_start_token_id") or 0,
+        "moe_every": every,
+        "moe_capacity_factor": hf["expert_capacity"] * hf["num_experts"] / 512,
+        "head_scale": hf["tie_word_embeddings"],
+    }
+
+
+def _hf_sparse_blocks(n_layer: int, sparse: int) -> list[bool]:
+    """Which of a stack's blocks transformers makes sparse: i % step == 1 (all when step is 1), step = layers //
+    sparse layers, or layers itself when there are none (which still makes block 1 sparse: their code's quirk)."""
+    step = n_layer // sparse if sparse else n_layer
+    return [i % step == 1 or step == 1 for i in range(n_layer)]
+
+
+def _indices(flags: list[bool]) -> str:
+    return ", ".join(str(i) for i, flag in enumerate(flags) if flag) or "none"
+
+
+def _switch_to_hf(c: ModelConfig) -> dict:
+    t5 = {k: v for k, v in _t5_to_hf(c).items() if k not in ("feed_forward_proj", "scale_decoder_outputs")}
+    return t5 | {
+        "num_sparse_encoder_layers": _sparse_layers(c, c.n_layer),
+        "num_sparse_decoder_layers": _sparse_layers(c, c.n_decoder_layer),
+        "expert_capacity": math.ceil(c.moe_capacity_factor * 512 / c.moe_experts),
+        "router_bias": False,
+        "router_dtype": "float32",
+        "router_jitter_noise": 0.0,
+        "dense_act_fn": _ACT_TO_HF[c.activation],
+    }
+
+
+def _switch_needs(c: ModelConfig) -> list[str]:
+    needs = ["model.moe_experts > 1"] if not c.moe_experts else []
+    for name, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
+        ours = [c.is_sparse(i) for i in range(n_layer)]
+        if ours != _hf_sparse_blocks(n_layer, sum(ours)):
+            needs.append(f"sparse {name} blocks where transformers' rule puts them (not {_indices(ours)})")
+    if c.head_scale != c.tie_embeddings:
+        needs.append("head_scale == tie_embeddings (transformers rescales exactly a tied head)")
+    return needs + (["n_kv_head == n_head"] if c.n_kv_head != c.n_head else [])
+
+
+SWITCH = Family(
+    name="switch_transformers",
+    architecture="SwitchTransformersForConditionalGeneration",
+    fixes=T5.fixes | {"gated_mlp": False, "tie_embeddings": True},
+    keys={
+        **T5.keys,
+        "moe_experts": "num_experts",
+        "moe_aux_loss": "router_aux_loss_coef",
+        "moe_z_loss": "router_z_loss_coef",
+    },
+    activation_key="dense_act_fn",
+    defaults=T5.defaults
+    | {
+        "dense_act_fn": "relu",
+        "router_bias": False,
+        "expert_capacity": 64,
+        "num_sparse_encoder_layers": 3,
+        "num_sparse_decoder_layers": 3,
+        "router_aux_loss_coef": 0.001,
+        "router_z_loss_coef": 0.001,
+    },
+    rows=lambda c: _t5_rows(c, _switch_mlp_rows),
+    special_tokens=T5.special_tokens,
+    from_hf=_switch_from_hf,
+    to_hf=_switch_to_hf,
+    needs=_switch_needs,
+    holds=frozenset({"experts"}),
+)
+
+
 def _electra_rows(c: ModelConfig) -> Iterator[Row]:
     yield from _bert_embedding_rows(c, "electra.embeddings.")
     if c.embedding_dim:
@@ -620,7 +847,9 @@ def _electra(head: str, architecture: str, key: str) -> Family:
 # ELECTRA's discriminator (`model.head=rtd`, the model its pretraining keeps) and its generator (an MLM)
 ELECTRA = _electra("rtd", "ElectraForPreTraining", "electra")
 ELECTRA_GENERATOR = _electra("lm", "ElectraForMaskedLM", "electra-generator")
-FAMILIES = {f.id: f for f in (GPT2, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5)}
+FAMILIES = {
+    f.id: f for f in (GPT2, GPT_NEO, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5, SWITCH)
+}
 
 
 def _family_of_hf(hf: dict) -> Family:
@@ -692,11 +921,20 @@ def family_of(config: ModelConfig) -> str:
     candidates = [f for f in FAMILIES.values() if (f.fixes["arch"], f.fixes["positions"]) == (c.arch, c.positions)]
     if not candidates:
         raise ConversionError(f"no transformers family holds a {c.arch} model with {c.positions} positions")
-    needs = {f.id: [f"{k}={v!r}" for k, v in f.fixes.items() if getattr(c, k) != v] + f.needs(c) for f in candidates}
+    needs = {
+        f.id: [f"{k}={v!r}" for k, v in f.fixes.items() if getattr(c, k) != v] + _sparse_needs(f, c) + f.needs(c)
+        for f in candidates
+    }
     name = min(needs, key=lambda name: len(needs[name]))  # the first that fits, or the nearest
     if needs[name]:
         raise ConversionError(f"this {c.arch} model cannot be exported as {name}: it needs {', '.join(needs[name])}")
     return name
+
+
+def _sparse_needs(family: Family, c: ModelConfig) -> list[str]:
+    needs = [] if "experts" in family.holds or not c.moe_experts else ["moe_experts=0 (no mixture of experts)"]
+    banded = "banded attention" in family.holds or c.attention_pattern == "dense"
+    return needs + ([] if banded else ["attention_pattern='dense'"])
 
 
 def config_to_hf(config: ModelConfig) -> dict:

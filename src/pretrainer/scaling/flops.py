@@ -47,22 +47,29 @@ def _attention_widths(c: ModelConfig) -> tuple[int, int]:
     return c.n_head * c.head_dim, c.n_kv_head * c.head_dim
 
 
+def _mlp(c: ModelConfig) -> int:
+    return _linear(c.d_model, (2 if c.gated_mlp else 1) * c.d_ff, c.bias) + _linear(c.d_ff, c.d_model, c.bias)
+
+
+def _blocks(c: ModelConfig, n_layer: int, cross: bool) -> int:
+    """The parameters of a stack's blocks: a sparse block holds every expert and its router."""
+    sparse = sum(c.is_sparse(i) for i in range(n_layer))
+    experts = sparse * ((c.moe_experts - 1) * _mlp(c) + c.d_model * c.moe_experts)
+    return n_layer * _block(c, cross) + experts
+
+
 def _block(c: ModelConfig, cross: bool) -> int:
     q, kv = _attention_widths(c)
-    n = _norm(c) + _linear(c.d_model, q + 2 * kv, c.bias) + _linear(q, c.d_model, c.bias)
+    n = _norm(c) + _linear(c.d_model, q + 2 * kv, c.attention_bias) + _linear(q, c.d_model, c.bias)
     if cross:
         n += (
             _norm(c)
-            + _linear(c.d_model, q, c.bias)
-            + _linear(c.d_model, 2 * kv, c.bias)
+            + _linear(c.d_model, q, c.attention_bias)
+            + _linear(c.d_model, 2 * kv, c.attention_bias)
             + _linear(q, c.d_model, c.bias)
         )
     if not c.attention_only:
-        n += (
-            _norm(c)
-            + _linear(c.d_model, (2 if c.gated_mlp else 1) * c.d_ff, c.bias)
-            + _linear(c.d_ff, c.d_model, c.bias)
-        )
+        n += _norm(c) + _mlp(c)
     return n
 
 
@@ -80,7 +87,7 @@ def count_params(config: ModelConfig) -> ParamCounts:
     head = "output head (tied)" if c.tie_embeddings else "output head"
     if c.arch == "decoder":
         parts = {"token embedding": V * d, "position embedding": d * c.max_seq_len if c.positions == "learned" else 0}
-        parts |= {"blocks": c.n_layer * _block(c, cross=False), "final norm": _norm(c)}
+        parts |= {"blocks": _blocks(c, c.n_layer, cross=False), "final norm": _norm(c)}
         parts |= {head: vocab_head} if c.head == "lm" else {"task head": _task_head(c)}
         embedding = parts["token embedding"] + parts["position embedding"] + parts.get(head, 0)
     elif c.arch == "encoder":
@@ -92,7 +99,7 @@ def count_params(config: ModelConfig) -> ParamCounts:
             "segment embedding": c.type_vocab_size * width,
             "embedding norm": _norm(c, width),
             "embedding projection": _linear(width, d, True) if c.embedding_dim else 0,
-            "blocks": (1 if c.share_layers else c.n_layer) * _block(c, cross=False),
+            "blocks": _blocks(c, 1 if c.share_layers else c.n_layer, cross=False),
             "final norm": _norm(c) if c.norm_position == "pre" else 0,
             "pooler": _linear(d, d, True) if c.pooler and c.head in ("lm", "sequence") else 0,
         }
@@ -121,8 +128,8 @@ def count_params(config: ModelConfig) -> ParamCounts:
         parts = {
             "token embedding": V * d,
             "relative position biases": 2 * relative,
-            "encoder blocks": c.n_layer * _block(c, cross=False),
-            "decoder blocks": c.n_decoder_layer * _block(c, cross=True),
+            "encoder blocks": _blocks(c, c.n_layer, cross=False),
+            "decoder blocks": _blocks(c, c.n_decoder_layer, cross=True),
             "final norms": 2 * _norm(c),
             head: vocab_head,
         }
@@ -153,6 +160,19 @@ def kaplan_flops_per_token(config: ModelConfig) -> float:
     return 6 * count_params(config).non_embedding
 
 
+def _stack_matmuls(c: ModelConfig, n_layer: int, cross: bool) -> tuple[int, int]:
+    """`_block_matmuls` summed over a stack, where a token meets one expert of a sparse block, and its router."""
+    own, memory = _block_matmuls(c, cross)
+    routers = sum(c.is_sparse(i) for i in range(n_layer)) * c.d_model * c.moe_experts
+    return n_layer * own + routers, n_layer * memory
+
+
+def _attention_pairs(c: ModelConfig, length: float) -> float:
+    """(query, key) pairs a decoder's layers score over `length` tokens, counted over the whole context as PaLM
+    does (causal or not); a banded layer's queries each over at most its window."""
+    return sum(length * min(length, c.attention_window_of(i) or length) for i in range(c.n_layer))
+
+
 def _block_matmuls(c: ModelConfig, cross: bool) -> tuple[int, int]:
     """Weights that multiply each token of the block's own stream, and each token of the memory (the encoder's
     output, which the cross-attention's key and value projections read once per decoder layer)."""
@@ -171,10 +191,10 @@ def matmul_params(config: ModelConfig) -> int:
     `model_flops` for its FLOPs, which weighs each stack by the tokens it reads."""
     c = config.resolved()
     if c.arch == "encoder_decoder":
-        own_enc, _ = _block_matmuls(c, cross=False)
-        own_dec, memory = _block_matmuls(c, cross=True)
-        return c.n_layer * own_enc + c.n_decoder_layer * (own_dec + memory) + c.vocab_size * c.d_model
-    return c.n_layer * _block_matmuls(c, cross=False)[0] + _head_matmuls(c) + _projection_matmuls(c)
+        own_enc, _ = _stack_matmuls(c, c.n_layer, cross=False)
+        own_dec, memory = _stack_matmuls(c, c.n_decoder_layer, cross=True)
+        return own_enc + own_dec + memory + c.vocab_size * c.d_model
+    return _stack_matmuls(c, c.n_layer, cross=False)[0] + _head_matmuls(c) + _projection_matmuls(c)
 
 
 def _projection_matmuls(c: ModelConfig) -> int:
@@ -208,15 +228,16 @@ def model_flops(config: ModelConfig, input_len: float, target_len: float = 0, he
     if c.arch != "encoder_decoder":
         if target_len:
             raise ValueError(f"a {c.arch} reads no target tokens")
-        blocks = c.n_layer * _block_matmuls(c, cross=False)[0] + _projection_matmuls(c)
+        blocks = _stack_matmuls(c, c.n_layer, cross=False)[0] + _projection_matmuls(c)
+        attention = 12 * width * _attention_pairs(c, input_len)
         if c.head == "rtd":  # ELECTRA: the discriminator's head reads every token; the generator's, the masked
             generator = model_flops(generator_config(c), input_len, 0, head_share) if c.generator_fraction else 0
-            return 6 * (blocks + _head_matmuls(c)) * input_len + 12 * c.n_layer * width * input_len**2 + generator
+            return 6 * (blocks + _head_matmuls(c)) * input_len + attention + generator
         weights = (blocks + head_share * _head_matmuls(c)) * input_len
-        return 6 * weights + 12 * c.n_layer * width * input_len**2
-    own_enc, _ = _block_matmuls(c, cross=False)
-    own_dec, memory = _block_matmuls(c, cross=True)
-    weights = c.n_layer * own_enc * input_len + c.n_decoder_layer * (own_dec * target_len + memory * input_len)
+        return 6 * weights + attention
+    own_enc, _ = _stack_matmuls(c, c.n_layer, cross=False)
+    own_dec, memory = _stack_matmuls(c, c.n_decoder_layer, cross=True)
+    weights = own_enc * input_len + own_dec * target_len + memory * input_len
     weights += head_share * c.vocab_size * c.d_model * target_len
     pairs = c.n_layer * input_len**2 + c.n_decoder_layer * (target_len**2 + target_len * input_len)
     return 6 * weights + 12 * width * pairs

@@ -34,6 +34,7 @@ from ..eval.attention import plot_induction_heads
 from ..eval.metrics import perplexity
 from ..files import write_atomic
 from ..model import build_model, lora
+from ..model.blocks import moe_metrics
 from ..model.distill import Distillation, init_from_teacher
 from ..scaling.flops import model_flops, peak_flops
 from . import checkpoint
@@ -647,6 +648,7 @@ class Trainer:
         if self.peak:
             # every process has its own device (or share of the CPU), each measured or looked up alone
             row["mfu"] = round(self.window_steps * self.flops_per_step / elapsed / (self.peak * self.world.size), 4)
+        row |= moe_metrics(self.model)  # a mixture of experts' balance, dropped tokens and loads (this rank's)
         self.metrics.log(row)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
         self.loss_sum.zero_()

@@ -20,3 +20,11 @@ def test_gpu_benchmark_dry_run(monkeypatch, capsys):
 
 def test_gpu_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu.sh")]).returncode == 0
+
+
+def test_sparse_benchmark_dry_run(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["sparse_throughput.py", "--dry-run"])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports timing.py from beside it
+    runpy.run_path(str(BENCHMARKS / "sparse_throughput.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("training tokens/s") == 2 and "moe-tiny:" in out and "gptneo-tiny:" in out

@@ -38,6 +38,8 @@ class Case:
 
 
 BERT = ("model.arch=encoder", "objective.name=mlm", "data.tokenizer=wordpiece")
+BART = ("model.arch=encoder_decoder", "model.positions=learned", "model.position_offset=2", "objective.name=denoising",
+        "data.tokenizer=roberta")  # fmt: skip
 T5 = ("model.arch=encoder_decoder", "model.positions=relative", "objective.name=span_corruption",
       "data.tokenizer=unigram", "data.sentinels=20")  # fmt: skip
 
@@ -118,6 +120,13 @@ CASES = [
          "model.generator_fraction=0"), "model.generator_fraction must be positive (got 0.0)"),
     Case("an ALBERT embedding of width 0", train("model.arch=encoder", "objective.name=mlm", "model.embedding_dim=0"),
          "model.embedding_dim must be at least 1 (got 0)"),
+    Case("denoising noise that leaves no token", train(*BART, "objective.mask_ratio=0.5", "objective.delete_ratio=0.5"),
+         "objective.mask_ratio=0.5 and objective.delete_ratio=0.5 leave no token of the document to read"),
+    Case("denoising with a tokenizer that has no <mask>", train(*BART[:-1], "data.tokenizer=unigram"),
+         "objective denoising needs the tokens <s>, <mask>, which the tokenizer lacks; use "
+         "data.tokenizer=roberta"),
+    Case("a BART whose embeddings are scaled (mBART's)", "convert {tmp}/hf {tmp}/out",
+         "scale_embedding=true in config.json: pretrainer's BART does not scale its embeddings", "bart_scaled"),
     Case("one expert", train("model.moe_experts=1"), "model.moe_experts=1: a mixture needs at least 2 experts"),
     Case("an expert capacity of 0", train("model.moe_experts=4", "model.moe_capacity_factor=0"),
          "model.moe_capacity_factor must be positive (got 0.0)"),
@@ -235,6 +244,8 @@ CASES = [
     Case("a garbled tokenizer.json (no checksums)", generate(), "tokenizer.json' cannot be read as a tokenizer",
          "garbled_tokenizer"),
     Case("a checkpoint without a tokenizer", generate(), "has no tokenizer.json", "no_tokenizer"),
+    Case("comparing a folder that is no run", "compare {tmp} --out {tmp}/c.png",
+         "has no metrics.jsonl: give the folders"),
     # conversion to and from transformers
     Case("a conversion source that does not exist", "convert {tmp}/nowhere {tmp}/out", "does not exist"),
     Case("a destination that exists", "convert {tmp}/hf {tmp}/run", "already exists", "gpt2_folder"),
@@ -379,6 +390,14 @@ def gpt2_folder(tmp, run, monkeypatch):
     config = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)
     export_hf(build_model(config), None, tmp / "hf")
     (tmp / "file").write_text("a file")
+
+
+def bart_scaled(tmp, run, monkeypatch):
+    config = ModelConfig(arch="encoder_decoder", positions="learned", position_offset=2, norm_position="post",
+                         vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)  # fmt: skip
+    export_hf(build_model(config), None, tmp / "hf")
+    hf = json.loads((tmp / "hf" / "config.json").read_text())
+    (tmp / "hf" / "config.json").write_text(json.dumps(hf | {"scale_embedding": True}))
 
 
 def gpt_neo_sparse_layers(tmp, run, monkeypatch):

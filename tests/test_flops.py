@@ -74,6 +74,9 @@ KINDS = {
         **SMALL,
     ),  # fmt: skip
 }
+KINDS["bart"] = ModelConfig(
+    arch="encoder_decoder", positions="learned", position_offset=2, norm_position="post", n_decoder_layer=1, **SMALL
+)
 KINDS["switch"] = ModelConfig(**{**KINDS["t5"].__dict__, "moe_experts": 4, "moe_every": 1, "moe_capacity_factor": 4.0})
 
 
@@ -149,7 +152,8 @@ def _model_flops_counter() -> FlopCounterMode:
 
 
 @pytest.mark.parametrize(
-    "kind", ["gpt", "llama", "gpt-moe", "bert-untied", "albert", "albert-untied", "electra", "t5", "t5-v1.1", "switch"]
+    "kind",
+    ["gpt", "llama", "gpt-moe", "bert-untied", "albert", "albert-untied", "electra", "t5", "t5-v1.1", "switch", "bart"],
 )
 def test_model_flops_equal_torchs_flop_counter(kind):
     config = KINDS[kind]

@@ -88,6 +88,12 @@ def hf_configs():
             router_jitter_noise=0, relative_attention_num_buckets=8, relative_attention_max_distance=20,
             decoder_start_token_id=0, **common,
         ),
+        "bart": transformers.BartConfig(
+            d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=48, dropout=0, attention_dropout=0,
+            activation_dropout=0, init_std=0.2, vocab_size=V, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            decoder_start_token_id=2,
+        ),
         # "gated-gelu" alone means the tanh GELU (T5 v1.1's); any other "[gated-]ACT" means ACT itself
         "t5-gated-silu": transformers.T5Config(
             d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0, feed_forward_proj="gated-silu",
@@ -118,7 +124,9 @@ HF_CLASSES = {
     "t5-gelu": "T5ForConditionalGeneration",
     "t5-gated-exact-gelu": "T5ForConditionalGeneration",
     "t5-switch": "SwitchTransformersForConditionalGeneration",
+    "bart": "BartForConditionalGeneration",
 }
+SEQ2SEQ = ("t5", "bart")
 
 
 def inputs(name, seed=0):
@@ -126,7 +134,7 @@ def inputs(name, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(3, V, (2, 24), generator=g)
     pad = torch.ones(2, 24, dtype=torch.bool)
-    if name.startswith(ENCODERS + ("t5",)):
+    if name.startswith(ENCODERS + SEQ2SEQ):
         pad[1, 17:] = False
     dec = torch.randint(3, V, (2, 9), generator=g)
     dec[:, 0] = 0
@@ -137,7 +145,7 @@ def hf_logits(hf_model, name):
     """Their logits; for ALBERT the MLM logits with the sentence-order logits appended to each row's first."""
     x, pad, dec = inputs(name)
     with torch.no_grad():
-        if name.startswith("t5"):
+        if name.startswith(SEQ2SEQ):
             return hf_model(input_ids=x, attention_mask=pad.long(), decoder_input_ids=dec).logits, pad
         if name == "albert":
             out = hf_model(input_ids=x, attention_mask=pad.long())
@@ -155,7 +163,7 @@ def sop_slot(sop_logits, time):
 def our_logits(model, name):
     x, pad, dec = inputs(name)
     with torch.no_grad():
-        if name.startswith("t5"):
+        if name.startswith(SEQ2SEQ):
             return model(x, dec, padding_mask=pad)[0]
         if name == "albert":
             hidden = model.encode(x, padding_mask=pad)
@@ -263,6 +271,10 @@ T5_MLPS = {
     "t5-gated-exact-gelu": dict(gated_mlp=True, activation="gelu"),  # written as "gated-gelu_python"
 }
 OURS |= {name: dataclasses.replace(OURS["t5-v1.0"], **mlp) for name, mlp in T5_MLPS.items()}
+OURS["bart"] = ModelConfig(
+    arch="encoder_decoder", vocab_size=V, n_layer=2, n_decoder_layer=3, n_head=4, d_model=32, d_ff=64, max_seq_len=48,
+    positions="learned", position_offset=2, norm_position="post", activation="gelu", decoder_start_id=2,
+)  # fmt: skip
 OURS["t5-switch"] = dataclasses.replace(OURS["t5-v1.0"], moe_experts=4, moe_capacity_factor=4.0)
 OURS["gpt_neo"] = dataclasses.replace(
     OURS["gpt2"], attention_bias=False, scale_attention=False, attention_pattern="alternating", attention_window=8,
@@ -326,7 +338,8 @@ def test_not_every_model_fits_a_family():
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt2", "gpt_neo", "llama", *ENCODERS, "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu", "t5-switch"]
+    "name",
+    ["gpt2", "gpt_neo", "llama", *ENCODERS, "t5-v1.0", "t5-v1.1", "t5-gated-silu", "t5-gelu", "t5-switch", "bart"],
 )
 def test_config_round_trip(name):
     """transformers config -> ours -> transformers config -> ours: the same config, and their keys kept."""

@@ -25,10 +25,15 @@ ROBERTA = {**BERT, "data.tokenizer": "roberta", "model.position_offset": 2, "mod
 ALBERT = {**BERT, "model.embedding_dim": 16, "model.share_layers": True, "model.nsp_head": True, "objective.sop": True}
 SPANBERT = {**BERT, "model.sbo_head": True, "objective.spans": True, "objective.sbo": True}
 ELECTRA = {**BERT, "model.head": "rtd", "model.generator_fraction": 0.5}
+BART = {
+    "model.arch": "encoder_decoder", "model.positions": "learned", "model.position_offset": 2,
+    "model.norm_position": "post", "model.activation": "gelu", "model.decoder_start_id": 2,
+    "data.tokenizer": "roberta", "objective.name": "denoising", "train.lr": 2e-3,
+}  # fmt: skip
 MOE = {"model.moe_experts": 4, "model.moe_every": 1}
 GPT_NEO = {"model.attention_bias": False, "model.attention_pattern": "alternating", "model.attention_window": 8}
 MODES = {"bert": BERT, "roberta": ROBERTA, "albert": ALBERT, "spanbert": SPANBERT, "electra": ELECTRA, "t5": T5,
-         "moe": MOE, "gpt-neo": GPT_NEO, "switch": {**T5, **MOE, "model.moe_every": 2}}  # fmt: skip
+         "bart": BART, "moe": MOE, "gpt-neo": GPT_NEO, "switch": {**T5, **MOE, "model.moe_every": 2}}  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -124,16 +129,23 @@ def test_encoder_sees_the_future_and_decoders_do_not():
         assert not torch.allclose(t5.encode(x)[:, :15], t5.encode(y)[:, :15])
 
 
+BART_MODEL = dict(arch="encoder_decoder", positions="learned", position_offset=2, norm_position="post",
+                  decoder_start_id=2)  # fmt: skip
+
+
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3)])
-def test_t5_cached_equals_uncached(sampling):
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_encoder_decoder_cached_equals_uncached(sampling, kind):
     torch.manual_seed(0)
-    t5 = build_model(ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", **SMALL)).eval()
+    model = dict(arch="encoder_decoder", positions="relative", norm="rmsnorm") if kind == "t5" else BART_MODEL
+    t5 = build_model(ModelConfig(**model, **SMALL)).eval()
     x = torch.randint(5, 97, (2, 12))
     pad = torch.ones(2, 12, dtype=torch.bool)
     pad[1, 8:] = False
     cached = t5.generate(x, 30, padding_mask=pad, **sampling)
     plain = t5.generate(x, 30, padding_mask=pad, use_cache=False, **sampling)
-    assert cached.shape == (2, 31) and torch.equal(cached, plain) and (cached[:, 0] == 0).all()
+    start = t5.config.decoder_start_id
+    assert cached.shape == (2, 31) and torch.equal(cached, plain) and (cached[:, 0] == start).all()
 
 
 def test_t5_cache_projects_the_encoder_output_once():

@@ -2,6 +2,7 @@
 full disks and damaged checkpoint files."""
 
 import errno
+import json
 
 import pytest
 import torch
@@ -154,3 +155,21 @@ def test_weights_that_are_not_finite_are_refused(saved_run):
     checkpoint.seal(ckpt)  # a checksum that agrees: only the finiteness check can catch it
     with pytest.raises(CheckpointError, match=r"model.safetensors' holds weights that are not finite \(blocks.0.mlp"):
         pretrainer.load(saved_run)
+
+
+def test_compare_draws_each_runs_validation_curve_and_prints_last_and_best(tmp_path, capsys):
+    for name, losses in (("dense", [5.0, 4.0, 4.5]), ("moe", [5.0, 3.5, 3.8])):
+        (tmp_path / name).mkdir()
+        rows = [{"step": 10 * (i + 1), "loss": 9.0} for i in range(3)]
+        rows += [{"step": 10 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pictures" / "compare.png"
+    assert cli.main(["compare", str(tmp_path / "dense"), str(tmp_path / "moe"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["dense", "30", "4.5000", "4.0000"] and table[2].split() == [
+        "moe",
+        "30",
+        "3.8000",
+        "3.5000",
+    ]

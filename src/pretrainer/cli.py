@@ -154,6 +154,18 @@ def cmd_convert(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_compare(args) -> None:
+    from .train.metrics import compare_runs
+
+    out = Path(args.out)
+    rows = compare_runs(args.runs, out, args.metric)
+    width = max(len(r["run"]) for r in rows)
+    print(f"{'run':{width}s}  {'steps':>6s}  {'last ' + args.metric:>16s}  {'best':>10s}")
+    for r in rows:
+        print(f"{r['run']:{width}s}  {r['steps']:>6d}  {r['last']:>16.4f}  {r['best']:>10.4f}")
+    print(f"written: {out}")
+
+
 def cmd_scaling_count(args) -> None:
     import json
 
@@ -339,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results JSON, a PNG beside it (default runs/prompt/MODEL-TASK.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_prompt)
+
+    p = sub.add_parser("compare", help="runs' validation curves in one picture, and their last and best values")
+    p.add_argument("runs", nargs="+", help="run folders (each with its metrics.jsonl)")
+    p.add_argument("--metric", default="val_loss", help="a number the runs log: val_loss (default), val_ppl, ...")
+    p.add_argument("--out", default="compare.png", help="the PNG to write (default compare.png)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("convert", help="to and from Hugging Face transformers checkpoints (safetensors, GGUF)")
     p.add_argument(

@@ -62,7 +62,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     head_scale: bool = False  # encoder_decoder: decoder output times d_model^-0.5 before the head (T5 v1.0)
     type_vocab_size: int = 0  # encoder: segment (token type) embeddings; BERT uses 2
-    position_offset: int = 0  # encoder: the first position's row in the table (RoBERTa: its padding id + 1 = 2)
+    position_offset: int = 0  # learned positions: the first position's row in the table (RoBERTa, BART: 2)
     embedding_dim: int | None = None  # encoder: ALBERT's factorised embedding: tables of this width, projected
     share_layers: bool = False  # encoder: ALBERT's one set of block weights, applied n_layer times
     pooler: bool = True  # encoder: BERT's tanh dense layer on <cls> (DistilBERT has none)
@@ -113,11 +113,14 @@ class ModelConfig:
             raise ConfigError(f"model.position_offset must be 0 or more (got {self.position_offset})")
         if self.embedding_dim is not None:
             _check_positive("model.embedding_dim", self.embedding_dim)
-        encoder_only = {"position_offset": 0, "embedding_dim": None, "share_layers": False, "pooler": True,
-                        "sbo_head": False}  # fmt: skip
+        encoder_only = {"embedding_dim": None, "share_layers": False, "pooler": True, "sbo_head": False}
         for key, default in encoder_only.items():
             if self.arch != "encoder" and getattr(self, key) != default:
                 raise ConfigError(f"model.{key} is for model.arch=encoder, not {self.arch}")
+        if self.position_offset and (self.arch == "decoder" or self.positions != "learned"):
+            raise ConfigError(
+                "model.position_offset is for learned positions in an encoder or encoder-decoder (RoBERTa's, BART's)"
+            )
         if self.generator_fraction is not None:
             if self.head != "rtd":
                 raise ConfigError(
@@ -130,7 +133,11 @@ class ModelConfig:
         self._check_sparsity()
         if self.nsp_head and not self.pooler:
             raise ConfigError("model.nsp_head reads the pooled <cls>: set model.pooler=true, or drop the head")
-        positions = {"decoder": ("learned", "rope"), "encoder": ("learned",), "encoder_decoder": ("relative",)}
+        positions = {
+            "decoder": ("learned", "rope"),
+            "encoder": ("learned",),
+            "encoder_decoder": ("relative", "learned"),
+        }
         if self.positions not in positions[self.arch]:
             raise ConfigError(
                 f"model.arch={self.arch} takes model.positions={' or '.join(positions[self.arch])}, not "
@@ -224,7 +231,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "causal_lm"  # causal_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder)
+    name: str = "causal_lm"  # causal_lm (decoder) | mlm (encoder) | span_corruption or denoising (encoder_decoder)
     seq_len: int = 128  # tokens per example; the encoder's input length for span_corruption
     mask_prob: float = 0.15  # mlm: share of tokens chosen (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # mlm: choose whole words
@@ -239,6 +246,12 @@ class ObjectiveConfig:
     distill_cos: float = 1.0  # ... and of 1 − cosine of the last hidden states (DistilBERT's 5, 2, 1)
     noise_density: float = 0.15  # span_corruption: share of tokens masked
     mean_span_length: float = 3.0  # span_corruption
+    # denoising (BART): the document rebuilt from a noised copy, noised in this order:
+    permute_sentences: float = 1.0  # share of its sentences shuffled among themselves (1: all)
+    delete_ratio: float = 0.0  # share of tokens deleted
+    mask_ratio: float = 0.3  # share of tokens masked: in spans, each one <mask> (text infilling), or one by one
+    poisson_lambda: float = 3.0  # span lengths ~ Poisson(λ), zeros included (an inserted <mask>); 0: token masking
+    rotate: float = 0.0  # probability that the document is rotated to start at a random token
 
 
 @dataclass
@@ -372,7 +385,7 @@ _MODEL_CHOICES = {
     "attention_pattern": ("dense", "alternating"),
 }
 _CHOICES = {
-    ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "task"),
+    ("objective", "name"): ("causal_lm", "mlm", "span_corruption", "denoising", "task"),
     ("train", "precision"): ("fp32", "bf16", "fp16"),
     ("train", "parallel"): ("none", "ddp", "fsdp"),
 }
@@ -387,7 +400,12 @@ HEAD_OF_TASK = {
     "text2text": "lm",
 }
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
-OBJECTIVE_OF_ARCH = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
+# the objectives each kind pretrains with, its default first
+OBJECTIVES_OF_ARCH = {
+    "decoder": ("causal_lm",),
+    "encoder": ("mlm",),
+    "encoder_decoder": ("span_corruption", "denoising"),
+}
 
 
 def _all_keys(cls=Config, prefix="") -> list[str]:
@@ -504,11 +522,11 @@ def validate(config: Config) -> None:
         m = config.model
     elif config.task.name is not None or config.task.train is not None:
         raise ConfigError(f"a task is set (task.name or task.train) but objective.name={o.name}: set it to task")
-    elif o.name != OBJECTIVE_OF_ARCH[m.arch]:
-        wanted = OBJECTIVE_OF_ARCH[m.arch]
+    elif o.name not in OBJECTIVES_OF_ARCH[m.arch]:
+        wanted = " or ".join(OBJECTIVES_OF_ARCH[m.arch])
         raise ConfigError(
             f"model.arch={m.arch} trains with objective.name={wanted}, not {o.name}; "
-            f"set objective.name={wanted} or pick the model that goes with {o.name}"
+            f"set objective.name={OBJECTIVES_OF_ARCH[m.arch][0]} or pick the model that goes with {o.name}"
         )
     _check_positive("objective.seq_len", o.seq_len)
     if o.seq_len > m.max_seq_len:
@@ -521,6 +539,16 @@ def validate(config: Config) -> None:
             raise ConfigError(f"objective.{key} must be between 0 and 1 (got {getattr(o, key)}); 0.15 is usual")
     if o.mean_span_length < 1:
         raise ConfigError(f"objective.mean_span_length must be at least 1 token (got {o.mean_span_length})")
+    for key in ("permute_sentences", "delete_ratio", "mask_ratio", "rotate"):
+        if not 0.0 <= getattr(o, key) <= 1.0:
+            raise ConfigError(f"objective.{key} must be between 0 and 1 (got {getattr(o, key)})")
+    if o.poisson_lambda < 0:
+        raise ConfigError(f"objective.poisson_lambda must be 0 (token masking) or more (got {o.poisson_lambda})")
+    if o.mask_ratio + o.delete_ratio >= 1:
+        raise ConfigError(
+            f"objective.mask_ratio={o.mask_ratio} and objective.delete_ratio={o.delete_ratio} leave no token of the "
+            "document to read; keep their sum under 1 (BART masks 0.3)"
+        )
     if o.teacher is not None:
         if o.name != "mlm" or m.head != "lm":
             raise ConfigError(

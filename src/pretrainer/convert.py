@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from .config import OBJECTIVE_OF_ARCH, Config, ObjectiveConfig
+from .config import OBJECTIVES_OF_ARCH, Config, ObjectiveConfig
 from .data.sources import fetch_package
 from .data.tokenizer import unpadded
 from .errors import ConversionError
@@ -75,8 +75,11 @@ def convert(src: str, dst: str | Path) -> tuple[Path, list[str]]:
         model, tokenizer, _ = checkpoint.load(source)
         return export_hf(model, tokenizer, out), []
     model, tokenizer, notes = import_hf(source)
-    arch = model.config.arch
-    config = Config(model=model.config, objective=ObjectiveConfig(name=OBJECTIVE_OF_ARCH[arch]))
+    m = model.config
+    objective = (
+        "denoising" if m.arch == "encoder_decoder" and m.positions == "learned" else OBJECTIVES_OF_ARCH[m.arch][0]
+    )
+    config = Config(model=m, objective=ObjectiveConfig(name=objective))  # what its pretraining was: BART's or T5's
     with _writing(out) as tmp:
         checkpoint.write_model(tmp, model, config, tokenizer)
         checkpoint.seal(tmp)

@@ -1,6 +1,6 @@
 """Pretraining objectives built on the fly from token windows: BERT's masked LM (optionally whole-word, optionally
 with next-sentence or, as ALBERT, sentence-order pairs; or as SpanBERT, spans of words with a span-boundary
-objective) and T5's span corruption.
+objective), T5's span corruption and BART's denoising.
 
 All are vectorised over the batch and draw only from the generator they are given, so a batch is a pure function
 of its tokens and the generator's state: seed the generator from (seed, example index) and a resumed run rebuilds
@@ -317,6 +317,70 @@ def span_corrupt(
     return (inputs, targets) if np.ndim(tokens) == 2 else (inputs[0], targets[0])
 
 
+def sentence_end_table(tok: Tokenizer) -> np.ndarray:
+    """For each token id, whether it ends a sentence: its last visible character is . ! or ? (byte-level BPE's
+    marks for a space or newline before or after it aside)."""
+    ends = np.zeros(tok.get_vocab_size(), dtype=bool)
+    for token, i in tok.get_vocab().items():
+        ends[i] = token.rstrip("ĠĊ \n").endswith((".", "!", "?"))
+    return ends
+
+
+def permute_sentences(tokens: np.ndarray, ends: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """BART's sentence permutation: the sentences of `tokens` (runs that end where `ends` does, a run of end tokens
+    ending one sentence; the last may have no end), `share` of them (rounded up) shuffled among their places."""
+    last_of_run = ends & ~np.append(ends[1:], False)
+    sentences = np.split(tokens, np.flatnonzero(last_of_run[:-1]) + 1)
+    n = len(sentences)
+    chosen = rng.choice(n, int(np.ceil(share * n)), replace=False)
+    order = np.arange(n)
+    order[chosen] = chosen[rng.permutation(len(chosen))]
+    return np.concatenate([sentences[i] for i in order])
+
+
+def delete_tokens(tokens: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """BART's token deletion: (the tokens left, which of the input they are) after deleting round(ratio × length)
+    tokens chosen uniformly."""
+    keep = np.ones(len(tokens), dtype=bool)
+    keep[rng.choice(len(tokens), round(ratio * len(tokens)), replace=False)] = False
+    return tokens[keep], np.flatnonzero(keep)
+
+
+def infill(
+    tokens: np.ndarray, ratio: float, poisson_lambda: float, mask_id: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """BART's text infilling: (noised tokens, span lengths). ceil(ratio × length) tokens are masked in spans whose
+    lengths are Poisson(λ) draws (the last cut to the budget), each span, a length-0 one too, written as one
+    <mask>; the spans sit at uniformly random places among the unmasked tokens, in order. With λ = 0: token
+    masking, each chosen token a <mask> of its own."""
+    n = len(tokens)
+    budget = min(n, int(np.ceil(ratio * n)))
+    if poisson_lambda == 0:
+        out = tokens.copy()
+        out[rng.choice(n, budget, replace=False)] = mask_id
+        return out, np.ones(budget, dtype=np.int64)
+    lengths = np.zeros(0, dtype=np.int64)
+    while lengths.sum() < budget:
+        lengths = np.concatenate([lengths, rng.poisson(poisson_lambda, size=max(1, budget))])
+    k = int(np.searchsorted(np.cumsum(lengths), budget)) + 1 if budget else 0  # spans until the budget is reached
+    lengths = lengths[:k]
+    if k:
+        lengths[-1] = budget - lengths[:-1].sum()
+    # k span slots among the n - budget unmasked tokens: k distinct places in a row of n - budget + k
+    places = n - budget + k
+    is_span = np.zeros(places, dtype=bool)
+    is_span[rng.choice(places, k, replace=False)] = True
+    consumed = np.ones(places, dtype=np.int64)
+    consumed[is_span] = lengths
+    first = np.cumsum(consumed) - consumed  # the input token each place starts at
+    return np.where(is_span, mask_id, tokens[np.minimum(first, n - 1)]), lengths
+
+
+def rotate(tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """BART's document rotation: the tokens from a uniformly chosen one (not the first) on, then those before it."""
+    return np.roll(tokens, -int(rng.integers(1, len(tokens)))) if len(tokens) > 1 else tokens
+
+
 # Objectives as the trainer sees them: each takes windows of `window` raw tokens (cut every `stride` tokens)
 # and returns a model-ready batch, a dict of tensors named as the model's forward arguments.
 
@@ -459,6 +523,54 @@ class SpanCorruption:
         }
 
 
+class Denoising:
+    """BART: the decoder rebuilds `<s> document </s>` from the encoder's noised copy of it; the noise (in order):
+    sentence permutation, token deletion, text infilling or token masking, rotation (`noise`). Inputs are padded to
+    seq_len (the noise shortens them; the rare longer one is cut before its </s>); the decoder reads
+    `<start> targets[:-1]`."""
+
+    def __init__(self, seq_len: int, tokenizer: Tokenizer, objective, start_id: int):
+        fix = "use data.tokenizer=roberta (BART's byte-level BPE)"
+        self.bos, self.eos, self.mask, self.pad = _special(tokenizer, ("<s>", "</s>", "<mask>", "<pad>"), "denoising",
+                                                           fix)  # fmt: skip
+        if seq_len < 4:
+            raise ConfigError(f"objective.seq_len={seq_len} is too short for <s> document </s>; use at least 4")
+        self.objective, self.start, self.seq_len = objective, start_id, seq_len
+        self.ends = sentence_end_table(tokenizer)
+        self.window = self.stride = seq_len - 2
+        self.tokens_per_example, self.target_tokens_per_example = 2 * seq_len, seq_len
+
+    def noise(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        o = self.objective
+        if o.permute_sentences:
+            tokens = permute_sentences(tokens, self.ends[tokens], o.permute_sentences, rng)
+        if o.delete_ratio:
+            tokens = delete_tokens(tokens, o.delete_ratio, rng)[0]
+        if o.mask_ratio:
+            tokens = infill(tokens, o.mask_ratio, o.poisson_lambda, self.mask, rng)[0]
+        if o.rotate and rng.random() < o.rotate:
+            tokens = rotate(tokens, rng)
+        return tokens
+
+    def batch(self, rows: np.ndarray, stream: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        b, length = len(rows), self.seq_len
+        inputs = np.full((b, length), self.pad, dtype=np.int64)
+        padding_mask = np.zeros((b, length), dtype=bool)
+        for i, row in enumerate(rows.astype(np.int64)):
+            noised = self.noise(row, rng)[: length - 2]
+            inputs[i, : len(noised) + 2] = [self.bos, *noised, self.eos]
+            padding_mask[i, : len(noised) + 2] = True
+        bos, eos = np.full((b, 1), self.bos), np.full((b, 1), self.eos)
+        targets = torch.from_numpy(np.concatenate([bos, rows.astype(np.int64), eos], axis=1))
+        start = torch.full((b, 1), self.start, dtype=torch.long)
+        return {
+            "input_ids": torch.from_numpy(inputs),
+            "padding_mask": torch.from_numpy(padding_mask),
+            "decoder_input_ids": torch.cat([start, targets[:, :-1]], dim=1),
+            "targets": targets,
+        }
+
+
 def make_objective(config, tokenizer: Tokenizer):
     """The objective a Config asks for, bound to its tokenizer and model."""
     o, m = config.objective, config.model
@@ -470,4 +582,6 @@ def make_objective(config, tokenizer: Tokenizer):
         return MaskedLM(o.seq_len, tokenizer, o.mask_prob, o.whole_word, o.nsp, o.sop, o.spans, o.sbo)
     if o.name == "span_corruption":
         return SpanCorruption(o.seq_len, tokenizer, o.noise_density, o.mean_span_length, m.decoder_start_id)
+    if o.name == "denoising":
+        return Denoising(o.seq_len, tokenizer, o, m.decoder_start_id)
     return CausalLM(o.seq_len)

@@ -1,5 +1,6 @@
-"""Encoder-decoder model (T5): an encoder whose tokens see each other, and a decoder whose tokens see
-their past and, through cross-attention, every encoder token. Trained by span corruption.
+"""Encoder-decoder model (T5, BART): an encoder whose tokens see each other, and a decoder whose tokens see
+their past and, through cross-attention, every encoder token. Trained by span corruption (T5) or by denoising
+(BART: learned positions from an offset, a norm over the embeddings, post-LN blocks, GELU, biases).
 
 T5 v1.0 and v1.1 are configs: RMSNorm without bias, relative position bias (bucketed, bidirectional in
 the encoder, causal in the decoder, computed once per stack), no 1/sqrt(d) in attention, ReLU (v1.0) or
@@ -13,7 +14,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, SwitchMLP, norm, router_loss
+from ..errors import DataError
+from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, SwitchMLP, init_weights, norm, router_loss
 from .ops import linear_cross_entropy
 
 
@@ -42,18 +44,37 @@ def t5_init(model: nn.Module, config: ModelConfig) -> None:
 
 
 class Stack(nn.Module):
-    """The encoder (causal=False) or the decoder (causal=True, with cross-attention) of an EncoderDecoder."""
+    """The encoder (causal=False) or the decoder (causal=True, with cross-attention) of an EncoderDecoder. Positions
+    are T5's relative bias, or (BART) a learned table per stack, `position_offset` rows in as BART's checkpoints
+    have them, followed by a norm of the embeddings."""
 
     def __init__(self, config: ModelConfig, n_layer: int, causal: bool):
         super().__init__()
-        self.rel_bias = RelativePositionBias(config, bidirectional=not causal)
+        self.config = config
+        if config.positions == "relative":
+            self.rel_bias = RelativePositionBias(config, bidirectional=not causal)
+        else:
+            self.pos_emb = nn.Embedding(config.position_offset + config.max_seq_len, config.d_model)
+            self.emb_norm = norm(config)
         self.blocks = nn.ModuleList(Block(config, causal=causal, cross=causal, layer=i) for i in range(n_layer))
-        self.norm_f = norm(config)
+        # pre-LN leaves the residual stream un-normalised; post-LN's last block already ends in a norm
+        self.norm_f = norm(config) if config.norm_position == "pre" else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, padding_mask=None, memory=None, memory_mask=None, cache=None):
         start = cache[0].length if cache else 0
-        bias = self.rel_bias(x.shape[1], start + x.shape[1], device=x.device)
+        t = x.shape[1]
+        bias = None
+        if self.config.positions == "relative":
+            bias = self.rel_bias(t, start + t, device=x.device)
+        else:
+            if start + t > self.config.max_seq_len:
+                raise DataError(
+                    f"sequence of {start + t} tokens is longer than the model's positions "
+                    f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
+                )
+            offset = self.config.position_offset + start
+            x = self.emb_norm(x + self.pos_emb(torch.arange(offset, offset + t, device=x.device)))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(
@@ -75,7 +96,10 @@ class EncoderDecoder(nn.Module):
         self.encoder = Stack(config, config.n_layer, causal=False)
         self.decoder = Stack(config, config.n_decoder_layer, causal=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        t5_init(self, config)
+        if config.positions == "relative":
+            t5_init(self, config)
+        else:
+            init_weights(self, config)  # BART's: N(0, 0.02)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 

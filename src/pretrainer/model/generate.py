@@ -198,10 +198,15 @@ def generate_texts(
         raise ConfigError("the prompt is empty (it encodes to no tokens); give it some text")
     seq2seq = model.config.arch == "encoder_decoder"
     eos = [i for i in map(tokenizer.token_to_id, END_OF_TEXT) if i is not None]
+    bos = tokenizer.token_to_id("<s>") if seq2seq else None
+    if seq2seq:  # framed as in training: `text </s>` (T5's pretraining and tasks), `<s> text </s>` (BART's)
+        encoded = [([bos] if bos is not None else []) + ids + eos[-1:] for ids in encoded]
 
     def continuation(row: list[int], skip: int) -> tuple[str, bool]:
         """The row's text after the prompt (or the start token) up to its first end-of-text, and whether it ended."""
         out = row[skip:]
+        if out[:1] == [bos]:  # a BART's output begins as its targets did, with <s>
+            out = out[1:]
         ends = [at for at, i in enumerate(out) if i in eos]
         # a span-corruption model answers in sentinels (<extra_id_0> ...): show them
         text = tokenizer.decode(out[: ends[0]] if ends else out, skip_special_tokens=not seq2seq)

@@ -1,5 +1,5 @@
-"""Hugging Face `transformers` checkpoints, both ways: GPT-2, Llama, BERT, RoBERTa, ALBERT, DistilBERT, ELECTRA
-(discriminator and generator) and T5.
+"""Hugging Face `transformers` checkpoints, both ways: GPT-2, GPT-Neo, Llama, BERT, RoBERTa, ALBERT, DistilBERT,
+ELECTRA (discriminator and generator), T5, Switch Transformers and BART.
 
 Each family is one record (`Family`, in `FAMILIES`), read one way to import and the other to export: the config
 fields it fixes, its config.json key names and defaults, its tokenizer's special tokens and one table of tensor
@@ -651,6 +651,7 @@ T5 = Family(
         norm="rmsnorm",
         norm_position="pre",
         bias=False,
+        attention_bias=False,
         scale_attention=False,
         tie_embeddings=True,  # transformers 5 always ties T5's head
     ),
@@ -680,6 +681,98 @@ T5 = Family(
     from_hf=_t5_from_hf,
     to_hf=_t5_to_hf,
     needs=lambda c: [] if c.n_kv_head == c.n_head else ["n_kv_head == n_head"],  # d_kv is T5's head size
+)
+
+
+def _bart_rows(c: ModelConfig) -> Iterator[Row]:
+    yield _row("tok_emb.weight", "model.shared.weight")
+    for stack, n_layer in (("encoder", c.n_layer), ("decoder", c.n_decoder_layer)):
+        yield _row(f"{stack}.pos_emb.weight", f"model.{stack}.embed_positions.weight")
+        for p in ("weight", "bias"):
+            yield _row(f"{stack}.emb_norm.{p}", f"model.{stack}.layernorm_embedding.{p}")
+        for i in range(n_layer):
+            ours, h = f"{stack}.blocks.{i}.", f"model.{stack}.layers.{i}."
+            for p in ("weight", "bias"):
+                yield _row(f"{ours}attn.qkv.{p}", *(f"{h}self_attn.{x}_proj.{p}" for x in "qkv"))
+                yield _row(f"{ours}attn.proj.{p}", f"{h}self_attn.out_proj.{p}")
+                yield _row(f"{ours}norm1.{p}", f"{h}self_attn_layer_norm.{p}")
+                if stack == "decoder":
+                    yield _row(f"{ours}cross_attn.q.{p}", f"{h}encoder_attn.q_proj.{p}")
+                    yield _row(f"{ours}cross_attn.kv.{p}", f"{h}encoder_attn.k_proj.{p}", f"{h}encoder_attn.v_proj.{p}")
+                    yield _row(f"{ours}cross_attn.proj.{p}", f"{h}encoder_attn.out_proj.{p}")
+                    yield _row(f"{ours}norm_cross.{p}", f"{h}encoder_attn_layer_norm.{p}")
+                yield _row(f"{ours}mlp.fc.{p}", f"{h}fc1.{p}")
+                yield _row(f"{ours}mlp.proj.{p}", f"{h}fc2.{p}")
+                yield _row(f"{ours}norm2.{p}", f"{h}final_layer_norm.{p}")
+    yield from _untied_head(c)
+
+
+def _bart_from_hf(hf: dict) -> dict:
+    """One head count and MLP width for both stacks, embeddings unscaled (BART's, not mBART's)."""
+    for ours, theirs in (
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+    ):
+        if hf[ours] != hf[theirs]:
+            raise ConversionError(
+                f"{ours}={hf[ours]} and {theirs}={hf[theirs]} in config.json: pretrainer's two stacks share one size"
+            )
+    if hf["scale_embedding"]:
+        raise ConversionError("scale_embedding=true in config.json: pretrainer's BART does not scale its embeddings")
+    return {}
+
+
+BART = Family(
+    name="bart",
+    architecture="BartForConditionalGeneration",
+    # post-LN with a norm over the embeddings; positions from row 2; LayerNorm eps fixed in transformers' code
+    fixes=dict(
+        arch="encoder_decoder",
+        positions="learned",
+        position_offset=2,
+        norm="layernorm",
+        norm_position="post",
+        gated_mlp=False,
+        bias=True,
+        attention_bias=True,
+        scale_attention=True,
+        head_scale=False,
+        norm_eps=1e-5,
+    ),  # fmt: skip
+    keys={
+        **_COMMON_KEYS,
+        "n_layer": "encoder_layers",
+        "n_decoder_layer": "decoder_layers",
+        "n_head": "encoder_attention_heads",
+        "d_model": "d_model",
+        "d_ff": "encoder_ffn_dim",
+        "max_seq_len": "max_position_embeddings",
+        "decoder_start_id": "decoder_start_token_id",
+    },
+    activation_key="activation_function",
+    defaults={
+        "activation_function": "gelu",
+        "tie_word_embeddings": True,
+        "scale_embedding": False,
+        "decoder_start_token_id": 2,
+    },
+    rows=_bart_rows,
+    special_tokens=ROBERTA.special_tokens,
+    from_hf=_bart_from_hf,
+    to_hf=lambda c: {
+        "decoder_attention_heads": c.n_head,
+        "decoder_ffn_dim": c.d_ff,
+        "scale_embedding": False,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "forced_eos_token_id": 2,
+        "dropout": c.dropout,
+        "attention_dropout": c.dropout,
+        "activation_dropout": 0.0,
+        "is_encoder_decoder": True,
+    },
+    needs=_plain_heads,
 )
 
 
@@ -848,7 +941,8 @@ def _electra(head: str, architecture: str, key: str) -> Family:
 ELECTRA = _electra("rtd", "ElectraForPreTraining", "electra")
 ELECTRA_GENERATOR = _electra("lm", "ElectraForMaskedLM", "electra-generator")
 FAMILIES = {
-    f.id: f for f in (GPT2, GPT_NEO, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5, SWITCH)
+    f.id: f
+    for f in (GPT2, GPT_NEO, LLAMA, BERT, ROBERTA, ALBERT, DISTILBERT, ELECTRA, ELECTRA_GENERATOR, T5, SWITCH, BART)
 }
 
 

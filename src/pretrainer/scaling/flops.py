@@ -124,16 +124,18 @@ def count_params(config: ModelConfig) -> ParamCounts:
         if c.generator_fraction:
             embedding += generator.embedding - shared
     else:
-        relative = c.relative_buckets * c.n_head  # one table per stack
+        learned = c.positions == "learned"  # BART: a table and an embedding norm per stack; else T5's biases
+        positions = (c.position_offset + c.max_seq_len) * d if learned else c.relative_buckets * c.n_head
         parts = {
             "token embedding": V * d,
-            "relative position biases": 2 * relative,
+            "position embeddings" if learned else "relative position biases": 2 * positions,
+            "embedding norms": 2 * _norm(c) if learned else 0,
             "encoder blocks": _blocks(c, c.n_layer, cross=False),
             "decoder blocks": _blocks(c, c.n_decoder_layer, cross=True),
-            "final norms": 2 * _norm(c),
+            "final norms": 2 * _norm(c) if c.norm_position == "pre" else 0,
             head: vocab_head,
         }
-        embedding = parts["token embedding"] + parts["relative position biases"] + parts[head]
+        embedding = parts["token embedding"] + 2 * positions + parts[head]
     return ParamCounts(total=sum(parts.values()), embedding=embedding, parts=parts)
 
 
@@ -254,6 +256,8 @@ def count_report(config: Config) -> dict:
     m, o = dataclasses.replace(config.model, vocab_size=vocab_size).resolved(), config.objective
     if o.name == "task":
         inputs, targets = config.task.max_len, config.task.max_target_len if m.arch == "encoder_decoder" else 0
+    elif o.name == "denoising":  # BART rebuilds the whole passage
+        inputs, targets = o.seq_len, o.seq_len
     elif m.arch == "encoder_decoder":
         inputs, targets = o.seq_len, t5_lengths(o.seq_len, o.noise_density, o.mean_span_length)[1]
     else:

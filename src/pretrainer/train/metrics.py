@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files import write_atomic
+from ..errors import DataError
+from ..files import atomic_file, write_atomic
 
 
 class MetricsLog:
@@ -100,3 +101,38 @@ def plot_loss(run_dir: Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def compare_runs(run_dirs: list[Path], out: Path, metric: str = "val_loss") -> list[dict]:
+    """OUT (a PNG): `metric` against step for each run, one curve per run; returns each run's last and best value.
+    Runs of one recipe's shape (the same batch, say a dense model and its mixture of experts) line up step by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for run in map(Path, run_dirs):
+        if not (run / "metrics.jsonl").is_file():
+            raise DataError(f"'{run}' has no metrics.jsonl: give the folders of runs (pretrainer train --run-dir)")
+        points = [(r["step"], r[metric]) for r in read_metrics(run / "metrics.jsonl") if metric in r]
+        if not points:
+            raise DataError(f"'{run}/metrics.jsonl' has no {metric}; its numbers are named like val_loss, val_ppl")
+        curves[run.name] = points
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves.items():
+        ax.plot(*zip(*points, strict=True), "o-", label=name, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
+    plt.close(fig)
+    best = min if "loss" in metric or "ppl" in metric else max
+    return [
+        {"run": name, "steps": points[-1][0], "last": points[-1][1], "best": best(v for _, v in points)}
+        for name, points in curves.items()
+    ]

@@ -303,6 +303,18 @@ def test_export_then_from_pretrained_and_back(name, tmp_path):
     assert_same(our_logits(ours, name), our_logits(back, name), pad, name)
 
 
+def test_export_writes_the_tokenizers_ids_of_its_special_tokens(tmp_path):
+    """GPT-2's config.json says nothing of our tokenizer's end-of-text id: export writes it from the tokenizer (left
+    out, transformers would assume GPT-2's 50256)."""
+    from pretrainer.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["some words to learn from " * 50], vocab_size=260)
+    config = dataclasses.replace(OURS["gpt2"], vocab_size=320)
+    hf = json.loads((export_hf(build_model(config), tokenizer, tmp_path / "hf") / "config.json").read_text())
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    assert hf["eos_token_id"] == hf["bos_token_id"] == eos and eos < 320
+
+
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "hf").mkdir()
     with pytest.raises(ConversionError, match="already exists"):
@@ -642,3 +654,10 @@ def test_an_electra_run_exports_its_discriminator(tmp_path):
     theirs = transformers.ElectraForPreTraining.from_pretrained(out).eval()
     expected, pad = hf_logits(theirs, "electra")
     assert_same(expected, our_logits(ours.discriminator, "electra"), pad, "electra")
+
+
+def test_switch_sparse_blocks_must_follow_one_step_in_both_stacks():
+    hf = hf_configs()["t5-switch"].to_dict() | {"num_layers": 4, "num_decoder_layers": 4}
+    assert config_from_hf(hf | {"num_sparse_encoder_layers": 2, "num_sparse_decoder_layers": 2}).moe_every == 2
+    with pytest.raises(ConversionError, match="makes encoder blocks 1, 3 and decoder blocks 1 sparse"):
+        config_from_hf(hf | {"num_sparse_encoder_layers": 2, "num_sparse_decoder_layers": 1})

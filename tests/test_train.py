@@ -185,6 +185,7 @@ KINDS = {
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.parametrize("kind", KINDS)
 def test_compiled_training_matches_eager(tiny_config, tmp_path, kind):
     """train.compile=true: 5 steps give the eager losses within 1e-4 (inductor fuses and reorders float sums)."""

@@ -97,9 +97,14 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
     family = family_of(config)
     _check_vocab(config, tokenizer)
     tensors = state_dict_to_hf(family, model.state_dict(), config)
+    hf_config = config_to_hf(config)
+    if tokenizer is not None:  # where the family leaves them unsaid, the ids its tokenizer gives these tokens
+        for key, token in tokenizer_config(family, tokenizer).items():
+            if key in ("bos_token", "eos_token", "pad_token"):
+                hf_config.setdefault(f"{key}_id", tokenizer.token_to_id(token))
     with _writing(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=1))
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
             (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(family, tokenizer), indent=1))

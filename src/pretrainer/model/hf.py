@@ -115,7 +115,7 @@ GPT2 = Family(
         bias=True,
         attention_bias=True,
         scale_attention=True,
-    ),  # fmt: skip
+    ),
     keys={
         **_COMMON_KEYS,
         "n_layer": "n_layer",
@@ -198,16 +198,7 @@ GPT_NEO = Family(
     name="gpt_neo",
     architecture="GPTNeoForCausalLM",
     # GPT-2's layout, with bias-free query, key and value projections and no 1/sqrt(head_dim) in attention
-    fixes=dict(
-        arch="decoder",
-        positions="learned",
-        norm="layernorm",
-        norm_position="pre",
-        gated_mlp=False,
-        bias=True,
-        attention_bias=False,
-        scale_attention=False,
-    ),  # fmt: skip
+    fixes=GPT2.fixes | {"attention_bias": False, "scale_attention": False},
     keys={
         **_COMMON_KEYS,
         "n_layer": "num_layers",
@@ -297,7 +288,7 @@ LLAMA = Family(
         bias=False,
         attention_bias=False,
         scale_attention=True,
-    ),  # fmt: skip
+    ),
     keys={
         **_COMMON_KEYS,
         "n_layer": "num_hidden_layers",
@@ -738,7 +729,7 @@ BART = Family(
         scale_attention=True,
         head_scale=False,
         norm_eps=1e-5,
-    ),  # fmt: skip
+    ),
     keys={
         **_COMMON_KEYS,
         "n_layer": "encoder_layers",
@@ -799,9 +790,11 @@ def _switch_from_hf(hf: dict) -> dict:
         raise ConversionError("router_bias=true in config.json: pretrainer's routers have no bias")
     stacks = {"num_layers": "num_sparse_encoder_layers", "num_decoder_layers": "num_sparse_decoder_layers"}
     theirs = [_hf_sparse_blocks(hf[layers] or hf["num_layers"], hf[sparse]) for layers, sparse in stacks.items()]
-    every = next((step for step in range(1, 1 + hf["num_layers"]) if theirs == [
-        [i % step == 1 % step for i in range(len(blocks))] for blocks in theirs
-    ]), None)  # fmt: skip
+
+    def ours(every: int) -> list[list[bool]]:  # ModelConfig.is_sparse's rule
+        return [[i % every == 1 % every for i in range(len(blocks))] for blocks in theirs]
+
+    every = next((k for k in range(1, 1 + hf["num_layers"]) if ours(k) == theirs), None)
     if every is None:
         raise ConversionError(
             f"config.json makes encoder blocks {_indices(theirs[0])} and decoder blocks {_indices(theirs[1])} "

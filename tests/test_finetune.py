@@ -98,6 +98,24 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
     assert (run / "confusion-test.png").stat().st_size > 1000
 
 
+def test_an_electra_run_is_fine_tuned_from_its_discriminator(tiny, tmp_path):
+    from tests.test_modes import ELECTRA
+
+    tmp, overrides = tiny
+    electra = pretrainer.load_config(None, tiny_overrides(tmp / "corpus", tmp / "data", **ELECTRA,
+                                                          **{"train.max_steps": 4}))  # fmt: skip
+    pretrainer.train(electra, tmp_path / "electra")
+    pretrained, *_ = checkpoint.load(tmp_path / "electra")
+    trainer = Trainer(
+        task_config(tiny, **{"finetune.source": tmp_path / "electra", "train.max_steps": 2}), tmp_path / "run"
+    )
+    body = trainer.model.state_dict()
+    for key, value in pretrained.discriminator.state_dict().items():
+        if key.startswith("blocks."):  # the body is the discriminator's, not the generator's
+            assert torch.equal(body[key], value), key
+    assert trainer.model.config.head == "sequence" and trainer.model.config.generator_fraction is None
+
+
 def test_t5_learns_text_to_text_from_scratch(tiny, tmp_path):
     tmp, _ = tiny
     rng = random.Random(1)

@@ -9,7 +9,6 @@ directory or a GGUF file (imported as a checkpoint folder of ours), or a built-i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from .data.sources import fetch_package
 from .data.tokenizer import unpadded
 from .errors import ConversionError
 from .files import atomic_dir
+from .model.electra import kept_model
 from .model.hf import config_from_hf, config_to_hf, family_of, model_from_hf, state_dict_to_hf, tokenizer_config
 from .train import checkpoint
 
@@ -62,7 +62,7 @@ def load_any(src: str):
     source = _existing(src)
     if is_ours(source):
         model, tokenizer, _ = checkpoint.load(source)
-        return model, tokenizer, []
+        return kept_model(model), tokenizer, []
     return import_hf(source)
 
 
@@ -91,9 +91,8 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
     The directory appears complete or not at all; an existing one is never overwritten."""
     out = Path(out_dir)
     _check_destination(out)
+    model = kept_model(model)
     config = model.config
-    if config.generator_fraction:  # an ELECTRA run keeps its discriminator; the generator was for pretraining
-        model, config = model.discriminator, dataclasses.replace(config, generator_fraction=None)
     family = family_of(config)
     _check_vocab(config, tokenizer)
     tensors = state_dict_to_hf(family, model.state_dict(), config)

@@ -37,7 +37,7 @@ class Electra(nn.Module):
         super().__init__()
         self.config = config = config.resolved()
         self.generator = Encoder(generator_config(config))
-        self.discriminator = Encoder(config)
+        self.discriminator = Encoder(dataclasses.replace(config, generator_fraction=None))  # the model kept
         for name in ("tok_emb", "pos_emb", "type_emb"):
             if getattr(self.discriminator, name) is not None:
                 getattr(self.generator, name).weight = getattr(self.discriminator, name).weight
@@ -84,3 +84,9 @@ class Electra(nn.Module):
             "rtd_accuracy": (((scores > 0) == replaced)[real].sum(), real.sum()),
             "replaced": (replaced[real].sum(), real.sum()),
         }
+
+
+def kept_model(model: nn.Module) -> nn.Module:
+    """What a pretraining run leaves to use: an ELECTRA run its discriminator (the generator was for pretraining),
+    any other its model."""
+    return model.discriminator if isinstance(model, Electra) else model

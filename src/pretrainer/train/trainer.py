@@ -158,9 +158,10 @@ def _set_vocab_size(model: ModelConfig, tokenizer_vocab: int) -> None:
 
 def _load_body(model: torch.nn.Module, pretrained: torch.nn.Module, source: str) -> None:
     """Start `model` from `pretrained`'s weights: all but the task head, which stays fresh (the pretrained LM
-    head's weights are left over)."""
+    head's weights are left over), and the pooler the head reads if the source has none (ELECTRA's discriminator)."""
     missing, _ = model.load_state_dict(pretrained.state_dict(), strict=False)
-    lacking = [key for key in missing if not key.startswith("head.")]
+    fresh = ("head.", "pooler.") if getattr(pretrained, "pooler", None) is None else ("head.",)
+    lacking = [key for key in missing if not key.startswith(fresh)]
     if lacking:
         raise CheckpointError(f"'{source}' lacks {', '.join(lacking[:3])}: it is not the body of this model")
 

@@ -2,9 +2,10 @@
 with next-sentence or, as ALBERT, sentence-order pairs; or as SpanBERT, spans of words with a span-boundary
 objective), T5's span corruption and BART's denoising.
 
-All are vectorised over the batch and draw only from the generator they are given, so a batch is a pure function
-of its tokens and the generator's state: seed the generator from (seed, example index) and a resumed run rebuilds
-exactly the batches the uninterrupted one saw.
+All but BART's denoising (whose noise gives each row its own length: a loop over rows) are vectorised over the
+batch, and all draw only from the generator they are given, so a batch is a pure function of its tokens and the
+generator's state: seed the generator from (seed, example index) and a resumed run rebuilds exactly the batches the
+uninterrupted one saw.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 BERT, RoBERTa, ALBERT, SpanBERT and DistilBERT are configs of this class: post-LN (original BERT) or pre-LN,
 learned positions (RoBERTa's start at an offset), segment embeddings, an MLM head tied to the word embeddings, a
-pooler on <cls> (DistilBERT has none), an optional NSP (or SOP) head and SpanBERT's optional span-boundary head.
+pooler on <cls> (DistilBERT has none), an optional NSP (or SOP) head, SpanBERT's optional span-boundary head, and
+ELECTRA's replaced-token head (`head=rtd`) in place of the MLM one.
 ALBERT's factorised embedding (`embedding_dim`) keeps the tables and the MLM head's output narrow, projected to and
 from d_model; `share_layers` applies one block n_layer times.
 """

@@ -839,15 +839,13 @@ def _switch_needs(c: ModelConfig) -> list[str]:
         ours = [c.is_sparse(i) for i in range(n_layer)]
         if ours != _hf_sparse_blocks(n_layer, sum(ours)):
             needs.append(f"sparse {name} blocks where transformers' rule puts them (not {_indices(ours)})")
-    if c.head_scale != c.tie_embeddings:
-        needs.append("head_scale == tie_embeddings (transformers rescales exactly a tied head)")
     return needs + (["n_kv_head == n_head"] if c.n_kv_head != c.n_head else [])
 
 
 SWITCH = Family(
     name="switch_transformers",
     architecture="SwitchTransformersForConditionalGeneration",
-    fixes=T5.fixes | {"gated_mlp": False, "tie_embeddings": True},
+    fixes=T5.fixes | {"gated_mlp": False, "head_scale": True},  # transformers rescales its (tied) head, as T5 v1.0
     keys={
         **T5.keys,
         "moe_experts": "num_experts",

@@ -292,6 +292,8 @@ CASES = [
          "names no layer of this model; its linear layers are named", files=SENTIMENT),
     Case("a negative LoRA rank", finetune("finetune.lora_rank=-1"),
          "finetune.lora_rank must be 0 (no adapters) or more"),
+    Case("LoRA on the LM head", finetune(*T5, "finetune.lora_rank=4", "finetune.lora_targets=[lm_head]"),
+         "finetune.lora_targets names lm_head, which an adapter cannot change here"),
     Case("an unknown synthetic corpus", "train configs/icl-induction.yaml --run-dir {tmp}/new data.source=synthetic:x",
          "no synthetic corpus 'x'; built in: synthetic:induction, synthetic:induction-varied"),
     Case("a synthetic corpus at another length",

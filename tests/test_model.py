@@ -9,7 +9,7 @@ from pretrainer.errors import ConfigError, DataError
 from pretrainer.model import Decoder, build_model
 from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text
-from pretrainer.model.ops import linear_cross_entropy
+from pretrainer.model.ops import linear_cross_entropy, lm_logits
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
 LLAMA = dict(
@@ -96,6 +96,23 @@ def test_generate_text_cuts_at_stop_string():
     stop = full[5:7]
     cut = generate_text(m, CharTokenizer(), "hello", 30, stop=[stop], temperature=0)
     assert cut == full[: full.index(stop)] and len(cut) < len(full)
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (2, 1, 32), (2, 4, 32), (16, 32), (3, 6, 32)])
+def test_lm_logits_equal_linear(shape):
+    """The few-row path (weight @ hidden.T, up to 16 rows) and the plain one give linear's logits, in its shape,
+    with the gradient of both inputs."""
+    torch.manual_seed(0)
+    hidden = torch.randn(*shape, requires_grad=True)
+    weight = torch.randn(1000, 32, requires_grad=True)
+    got, plain = lm_logits(hidden, weight), F.linear(hidden, weight)
+    assert got.shape == plain.shape == (*shape[:-1], 1000)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(plain)
+    grads = [torch.autograd.grad((y * upstream).sum(), (hidden, weight)) for y in (got, plain)]
+    for g, p in zip(*grads, strict=True):
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-4)
+    assert got.argmax(-1).equal(plain.argmax(-1))
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])

@@ -716,6 +716,11 @@ def _check_task(config: Config) -> None:
             raise ConfigError(f"finetune.lora_dropout must be in [0, 1) (got {f.lora_dropout})")
         if not f.lora_targets:
             raise ConfigError("finetune.lora_targets is empty; name the linear layers to adapt (qkv, attn.proj, ...)")
+        if "lm_head" in f.lora_targets:
+            raise ConfigError(
+                "finetune.lora_targets names lm_head, which an adapter cannot change here: the loss and the logits "
+                "read its weight directly (often the embeddings' too); adapt layers of the blocks (qkv, attn.proj, ...)"
+            )
     if not f.metric.startswith("val_"):
         raise ConfigError(f"finetune.metric={f.metric!r} is not a validation number (val_loss, val_accuracy, ...)")
 

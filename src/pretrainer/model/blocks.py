@@ -420,9 +420,10 @@ class Block(nn.Module):
 
     def _residual(self, x, norm_layer, f, keep=None):
         kept = x if keep is None else x[keep]
-        if self.post_norm:
-            return norm_layer(kept + self.drop(f(x)))
-        return kept + self.drop(f(norm_layer(x)))
+        y = f(x) if self.post_norm else f(norm_layer(x))
+        if self.training:  # dropout is the identity otherwise, and its calls are ~5% of a small model's decoding step
+            y = self.drop(y)
+        return norm_layer(kept + y) if self.post_norm else kept + y
 
     def forward(
         self,

@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..errors import DataError
 from .blocks import Block, KVCache, Rotary, init_weights, norm, router_loss
 from .heads import TaskHead, last_real_token
-from .ops import linear_cross_entropy
+from .ops import linear_cross_entropy, lm_logits
 
 
 class Decoder(nn.Module):
@@ -70,7 +70,7 @@ class Decoder(nn.Module):
         if targets is not None:
             loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
             return None, loss + router_loss(self)
-        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x), None
+        return lm_logits(x[:, -logits_to_keep:] if logits_to_keep else x, self.lm_head.weight), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         return KVCache.for_layers(self.config, self.config.n_layer, batch, length, self.tok_emb.weight)

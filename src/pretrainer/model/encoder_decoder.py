@@ -16,7 +16,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import DataError
 from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, SwitchMLP, init_weights, norm, router_loss
-from .ops import linear_cross_entropy
+from .ops import linear_cross_entropy, lm_logits
 
 
 @torch.no_grad()
@@ -137,7 +137,7 @@ class EncoderDecoder(nn.Module):
         if targets is not None:
             loss = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
             return None, loss + router_loss(self)
-        return self.lm_head(hidden), None
+        return lm_logits(hidden, self.lm_head.weight), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         """Caches for the decoder's layers: self-attention keys and values, and cross-attention's of `memory`."""

@@ -8,17 +8,22 @@
 
 each at batch 1 and 8, 256 new tokens per row (`min_new_tokens` keeps `generate` from stopping early; ours has no
 stop tokens). The weights are random (seeded), and both sides must write the same tokens (counted). Per-token
-speed does not depend on the weights, but ours' prompt-lookup drafts (on by default at batch 1) do: a random
-model's greedy text falls into short cycles, which drafts predict perfectly, so batch 1 is also timed without them.
+speed does not depend on the weights, but ours' prompt-lookup drafts (on by default at batch 1; T5 drafts from its
+input too) do: a random model's greedy text falls into short cycles, which drafts predict perfectly, so batch 1 is
+also timed without them.
 `--gpt-run RUN` adds the demo's trained GPT (`pretrainer train configs/gpt-tiny.yaml --run-dir RUN`) continuing a
 line of Shakespeare, as a new user would try it (its 128 positions hold a 16-token prompt and 112 new tokens).
+`--t5-run RUN` adds a trained code-docstrings T5 (`pretrainer finetune configs/docstrings-t5-tiny.yaml ...`)
+summarising the task's first 20 test functions one at a time, as `pretrainer generate` would: up to 32 tokens
+each, both sides stopping at `</s>`.
 Contenders alternate in rounds (`timing.py`); new tokens/s counts every row's tokens.
-Run: `python benchmarks/generate_throughput.py [--rounds 3] [--new-tokens 256] [--gpt-run runs/demo]`.
+Run: `python benchmarks/generate_throughput.py [--rounds 3] [--new-tokens 256] [--gpt-run RUN] [--t5-run RUN]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 
 import torch
@@ -26,6 +31,8 @@ import transformers
 from timing import rounds, summary
 
 import pretrainer
+from pretrainer.config import load_config
+from pretrainer.data.tasks import builtin_task
 from pretrainer.model.generate import generate
 from pretrainer.model.hf import config_to_hf, family_of, model_from_hf, state_dict_to_hf
 
@@ -63,6 +70,45 @@ def trained_gpt(run: str):
     return theirs.eval(), ours.eval(), ids
 
 
+def docstrings(run: str, n_rounds: int, n: int = 20, new_tokens: int = 32) -> list[str]:
+    """A trained code-docstrings T5 (ours, and T5ForConditionalGeneration with its exported weights) writing the
+    docstrings of the task's first `n` test functions, one at a time, each stopping at `</s>`."""
+    ours, tokenizer = pretrainer.load(run)
+    hf = config_to_hf(ours.config)
+    theirs = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(**{k: v for k, v in hf.items() if k != "model_type"})
+    ).eval()
+    theirs.load_state_dict(state_dict_to_hf(family_of(ours.config), ours.state_dict(), ours.config), strict=False)
+    prefix = load_config(f"{run}/config.yaml").task.prefix or ""
+    eos = tokenizer.token_to_id("</s>")
+    rows = [json.loads(line) for line in (builtin_task("code-docstrings") / "test.jsonl").open()][:n]
+    inputs = [torch.tensor([tokenizer.encode(prefix + r["input"]).ids[: ours.config.max_seq_len - 1] + [eos]])
+              for r in rows]  # fmt: skip
+    settings = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                    decoder_start_token_id=ours.config.decoder_start_id)  # fmt: skip
+
+    def ours_all(draft_tokens=8):
+        return [generate(ours, ids, new_tokens, temperature=0, stop_ids=[eos], draft_tokens=draft_tokens)
+                for ids in inputs]  # fmt: skip
+
+    def theirs_all():
+        return [theirs.generate(ids, attention_mask=torch.ones_like(ids), **settings) for ids in inputs]
+
+    contenders = {"ours": ours_all, "ours, one token per pass": lambda: ours_all(0), "theirs": theirs_all}
+    with torch.no_grad():
+        outputs = {who: [row[0].tolist() for row in run()] for who, run in contenders.items()}
+        times = rounds(contenders, n_rounds)
+    same = sum(a == b for a, b in zip(outputs["ours"], outputs["theirs"], strict=True))
+    written = sum(len(row) - 1 for row in outputs["theirs"])  # the start token is not written
+    print(f"trained T5 ({run}): {n} docstrings, {written} tokens; ours writes the same tokens as transformers in "
+          f"{same} of {n}; e.g. {tokenizer.decode(outputs['ours'][0][1:])!r}")  # fmt: skip
+    what = f"trained T5 ({run}), {n} docstrings one at a time, up to {new_tokens} tokens"
+    return [
+        summary(what, "new tokens/s", written, times, TARGETS[("t5", 1)]),
+        summary(f"{what}, no drafts", "new tokens/s", written, times, None, ours="ours, one token per pass"),
+    ]
+
+
 def contest(name: str, batch: int, new_tokens: int, n_rounds: int, run: str | None = None) -> list[str]:
     if run is None:
         theirs, ours = twins(name)
@@ -76,7 +122,7 @@ def contest(name: str, batch: int, new_tokens: int, n_rounds: int, run: str | No
         "ours": lambda: generate(ours, ids, new_tokens, temperature=0),
         "theirs": lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), **settings),
     }
-    if batch == 1 and name == "gpt":  # prompt-lookup drafts are ours' default at batch 1: also without them
+    if batch == 1:  # prompt-lookup drafts are ours' default at batch 1: also without them
         contenders["ours, one token per pass"] = lambda: generate(ours, ids, new_tokens, temperature=0, draft_tokens=0)
     with torch.no_grad():
         outputs = {who: run()[:, skip:][:, -new_tokens:] for who, run in contenders.items()}
@@ -97,6 +143,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--gpt-run", help="also time this trained run of configs/gpt-tiny.yaml, at batch 1")
+    parser.add_argument("--t5-run", help="also time this trained code-docstrings run of T5, at batch 1")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or 'cpu'}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
@@ -106,6 +153,8 @@ def main() -> None:
             rows += contest(name, batch, args.new_tokens, args.rounds)
     if args.gpt_run:
         rows += contest("gpt", 1, args.new_tokens, args.rounds, args.gpt_run)
+    if args.t5_run:
+        rows += docstrings(args.t5_run, args.rounds)
     print("\n| what | pretrainer | transformers | ratio (quartiles of rounds) | target | unit |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

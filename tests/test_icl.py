@@ -30,6 +30,7 @@ from pretrainer.eval.icl import (
     zero_shot_cot,
 )
 from pretrainer.model import build_model
+from pretrainer.model import generate as generation
 from pretrainer.model.generate import generate, generate_text, generate_texts, lookup_draft
 
 
@@ -268,6 +269,26 @@ def test_an_encoder_decoder_scores_the_continuation_as_its_target():
     by_hand = logprobs[0, 4] + logprobs[1, 5]  # the start token predicts t4, t4 predicts t5
     assert scores[0][0] == pytest.approx(float(by_hand), rel=1e-6)  # a random T5's logits are large
     assert [s for s, _ in scores] == pytest.approx([s for s, _ in continuation_logprobs(model, tok, requests, 1)])
+
+
+def test_an_encoder_decoder_drafts_from_its_input_and_output_and_writes_the_same_tokens(monkeypatch):
+    torch.manual_seed(0)
+    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
+                         n_head=4, d_model=32, max_seq_len=64, decoder_start_id=0)  # fmt: skip
+    model = build_model(config).eval()
+    ids = torch.randint(3, 64, (1, 12))
+    passes, forward = [], model.forward
+    model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
+    assert len(passes) == 40
+    passes.clear()
+    searched = []
+    monkeypatch.setattr(
+        generation, "lookup_draft", lambda tokens, k: searched.append(tokens) or lookup_draft(tokens, k)
+    )
+    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    assert torch.equal(drafted, plain) and len(passes) < 30  # a random model's greedy output cycles: drafts fit
+    assert searched and all(t[:12] == ids[0].tolist() for t in searched)  # the input, then the output so far
 
 
 def write_task(tmp_path, **fields):

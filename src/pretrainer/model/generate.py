@@ -89,7 +89,8 @@ def generate(
     context is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
 
     Greedy decoding of one row drafts up to `draft_tokens` tokens by prompt lookup (`lookup_draft`: what followed
-    the latest earlier occurrence of the last tokens, as in few-shot prompts and their copied formats) and checks
+    the latest earlier occurrence of the last tokens, as in few-shot prompts and their copied formats; an
+    encoder-decoder looks in its input too, which summaries and answers copy from) and checks
     them all in one pass, keeping those the model would have chosen itself: a pass reads the weights once, which
     is what a step of batch 1 costs, so every accepted token is a step saved. The tokens are greedy decoding's,
     bar a near-tie that the wider pass's rounding could tip. `draft_tokens=0` decodes one token per pass.
@@ -116,16 +117,17 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
         memory = model.encode(idx, padding_mask)
         out = torch.full((idx.shape[0], 1), model.config.decoder_start_id, dtype=idx.dtype, device=idx.device)
 
-        def logits_for(tokens, cache):
+        def logits_for(tokens, cache, keep=1):  # keep is moot: the decoder is fed one token, or one and a draft
             return model(None, tokens, memory=memory, padding_mask=padding_mask, cache=cache)[0]
     else:
         out = idx
 
-        def logits_for(tokens, cache):
-            return model(tokens, cache=cache, logits_to_keep=1)[0]
+        def logits_for(tokens, cache, keep=1):
+            return model(tokens, cache=cache, logits_to_keep=keep)[0]
 
     generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
-    speculate = draft_tokens > 0 and temperature == 0 and memory is None and out.shape[0] == 1
+    speculate = draft_tokens > 0 and temperature == 0 and out.shape[0] == 1
+    source = idx[0].tolist() if memory is not None and speculate else []  # an encoder's input, drafted from too
     cache = None
     finished = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
     stop = torch.tensor(list(stop_ids), dtype=out.dtype, device=out.device)
@@ -143,9 +145,9 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
             else:
                 room = min(max_new_tokens - produced, cache[0].k.shape[2] - cache[0].length) - 1
                 if speculate and room > 0:
-                    draft = lookup_draft(out[0].tolist(), min(draft_tokens, room))
+                    draft = lookup_draft(source + out[0].tolist(), min(draft_tokens, room))
                 fed = torch.cat([out[:, -1:], out.new_tensor([draft])], 1) if draft else out[:, -1:]
-                logits = model(fed, cache=cache, logits_to_keep=fed.shape[1])[0] if draft else logits_for(fed, cache)
+                logits = logits_for(fed, cache, keep=fed.shape[1])
         else:
             cache = None  # the window slides from here on: recompute over the last max_len tokens
             logits = logits_for(out[:, -max_len:], None)

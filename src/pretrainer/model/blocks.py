@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import DataError
 from .ops import RMSNormFunction
 
 
@@ -51,6 +52,15 @@ def norm(config: ModelConfig, size: int | None = None) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(size, eps=config.norm_eps)
     return nn.LayerNorm(size, eps=config.norm_eps, bias=config.bias)
+
+
+def check_positions(config: ModelConfig, length: int) -> None:
+    """Refuse a sequence (cached positions included) longer than the model's positions."""
+    if length > config.max_seq_len:
+        raise DataError(
+            f"sequence of {length} tokens is longer than the model's positions "
+            f"(model.max_seq_len={config.max_seq_len}); shorten the input"
+        )
 
 
 class RMSNorm(nn.RMSNorm):

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import DataError
-from .blocks import Block, KVCache, Rotary, init_weights, norm, router_loss
+from .blocks import Block, KVCache, Rotary, check_positions, init_weights, norm, router_loss
 from .heads import TaskHead, last_real_token
 from .ops import linear_cross_entropy, lm_logits
 
@@ -52,11 +51,7 @@ class Decoder(nn.Module):
         position). A loss includes, in training, the Switch layers' `router_loss`."""
         start = cache[0].length if cache else 0
         t = input_ids.shape[1]
-        if start + t > self.config.max_seq_len:
-            raise DataError(
-                f"sequence of {start + t} tokens is longer than the model's positions "
-                f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
-            )
+        check_positions(self.config, start + t)
         x = self.tok_emb(input_ids)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + t, device=input_ids.device))

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ConfigError, DataError
-from .blocks import Block, activate, init_weights, norm, router_loss
+from ..errors import ConfigError
+from .blocks import Block, activate, check_positions, init_weights, norm, router_loss
 from .heads import TaskHead
 from .ops import linear_cross_entropy
 
@@ -67,11 +67,7 @@ class Encoder(nn.Module):
         """Hidden states (batch, time, d_model); with `first_only`, those at <cls> (position 0) alone, (batch, 1,
         d_model), the last layer computing nothing else. `padding_mask` (batch, time) is True for real tokens."""
         b, t = input_ids.shape
-        if t > self.config.max_seq_len:
-            raise DataError(
-                f"sequence of {t} tokens is longer than the model's positions "
-                f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
-            )
+        check_positions(self.config, t)
         offset = self.config.position_offset
         x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(offset, offset + t, device=input_ids.device))
         if self.type_emb is not None:

@@ -14,8 +14,18 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import DataError
-from .blocks import MLP, Attention, Block, KVCache, RelativePositionBias, SwitchMLP, init_weights, norm, router_loss
+from .blocks import (
+    MLP,
+    Attention,
+    Block,
+    KVCache,
+    RelativePositionBias,
+    SwitchMLP,
+    check_positions,
+    init_weights,
+    norm,
+    router_loss,
+)
 from .ops import linear_cross_entropy, lm_logits
 
 
@@ -68,11 +78,7 @@ class Stack(nn.Module):
         if self.config.positions == "relative":
             bias = self.rel_bias(t, start + t, device=x.device)
         else:
-            if start + t > self.config.max_seq_len:
-                raise DataError(
-                    f"sequence of {start + t} tokens is longer than the model's positions "
-                    f"(model.max_seq_len={self.config.max_seq_len}); shorten the input"
-                )
+            check_positions(self.config, start + t)
             offset = self.config.position_offset + start
             x = self.emb_norm(x + self.pos_emb(torch.arange(offset, offset + t, device=x.device)))
         x = self.drop(x)

@@ -203,8 +203,9 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(config.d_model, q_size + 2 * kv_size, config.attention_bias)
         self.proj = nn.Linear(q_size, config.d_model, config.bias)
 
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], n, self.head_dim).transpose(1, 2)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, heads * head_dim) -> (batch, heads, time, head_dim), a view."""
+        return x.view(x.shape[0], x.shape[1], -1, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
@@ -221,16 +222,15 @@ class Attention(nn.Module):
         the flattened (batch, time) of `key_padding_mask`; they are laid out padded for the attention only. With
         `keep` too, only the outputs of those rows of x are computed (all are still keys and values)."""
         b, t = x.shape[:2] if real is None else key_padding_mask.shape
-        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
-            q = self._heads(self.q(x), self.n_head)
+            q = self._heads(self.q(x))
             k, v = self._memory_keys_values(memory, cache)
         else:
             qkv = self.qkv(x)
             if real is not None:
                 qkv = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, real, qkv).view(b, t, -1)
-            q, k, v = qkv.split([q_size, kv_size, kv_size], -1)
-            q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+            # one view and one split for all three: a decoding step pays per op, not per byte
+            q, k, v = self._heads(qkv).split([self.n_head, self.n_kv_head, self.n_kv_head], 1)
             if rotary is not None:
                 start = cache.length if cache is not None else 0
                 q, k = rotary(q, start), rotary(k, start)
@@ -245,7 +245,7 @@ class Attention(nn.Module):
                 y = self._attend(q.float(), k.float(), v.float(), key_padding_mask, None, dropout).to(q.dtype)
         else:
             y = self._attend(q, k, v, key_padding_mask, position_bias, dropout)
-        y = y.transpose(1, 2).reshape(b, t, q_size)
+        y = y.transpose(1, 2).reshape(b, t, -1)
         if real is None:
             return self.proj(y)
         # indexing, not index_select: the latter's backward (index_add_) is ~4x slower on CPU
@@ -256,8 +256,7 @@ class Attention(nn.Module):
         (they are most of a step's work otherwise: every encoder position, in every layer)."""
         if cache is not None and cache.memory is not None:
             return cache.memory
-        k, v = self.kv(memory).split(self.n_kv_head * self.head_dim, -1)
-        keys_values = self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        keys_values = self._heads(self.kv(memory)).split(self.n_kv_head, 1)
         if cache is not None:
             cache.memory = keys_values
         return keys_values

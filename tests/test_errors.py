@@ -300,7 +300,6 @@ CASES = [
          "train configs/icl-induction.yaml --run-dir {tmp}/new objective.seq_len=32",
          "synthetic:induction-varied is for objective.name=causal_lm with objective.seq_len=63"),
     Case("evaluating a pretraining run", "eval {run}", "is a pretraining run (causal_lm); evaluate a fine-tuned one"),
-    # generation settings
     # prompting (in-context learning)
     Case("a prompt template with an unknown field", "prompt {run} {tmp}/task.yaml", "asks for qestion, which the "
          "examples lack; their fields are answer, question", files={**ODD, "task.yaml": TASK.replace("{question}",
@@ -317,10 +316,14 @@ CASES = [
     Case("self-consistency at temperature 0", "prompt {run} addition --self-consistency 5 --temperature 0",
          "give a --temperature above 0 (got 0.0)"),
     Case("shots that are not numbers", "prompt {run} addition --shots 0,four", "--shots takes whole numbers"),
+    Case("the same k twice in --shots", "prompt {run} addition --shots 0,4,4", "--shots names a k more than once"),
+    Case("a limit of no queries", "prompt {run} addition --limit 0", "--limit must be at least 1 (got 0)"),
+    Case("answers of no tokens", "prompt {run} addition --max-new-tokens 0", "--max-new-tokens must be at least 1"),
     Case("an encoder checkpoint given to prompt", "prompt {tmp}/bert addition",
          "an encoder-only model (BERT) fills in masked tokens; it cannot continue a prompt", "encoder"),
     Case("a prompt longer than the context with no demonstrations", "prompt {run} {tmp}/task.yaml",
          "tokens without any demonstration, more than the", files={**LONG, "task.yaml": TASK}),
+    # generation settings
     Case("top-p of 0", generate("--top-p 0"), "top_p must be in (0, 1] (got 0.0)"),
     Case("top-p above 1", generate("--top-p 1.5"), "top_p must be in (0, 1] (got 1.5)"),
     Case("top-k of 0", generate("--top-k 0"), "top_k must be at least 1 (got 0)"),
@@ -332,6 +335,8 @@ CASES = [
     Case("an empty prompt", "generate {run} --prompt=", "the prompt is empty"),
     Case("a number that is not one", generate("--top-k abc"), "argument --top-k: invalid int value: 'abc'"),
     Case("an unknown device", generate("--device tpu"), "device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    Case("CUDA where there is none", generate("--device cuda"), "--device=cuda but CUDA is not available; use "
+         "--device=cpu or auto", setup="no_cuda"),
     # scaling: counts, sweeps, fits, predictions
     Case("a sweep recipe without shapes", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.tokens=[1e6]",
          "a sweep needs sweep.depths (with sweep.aspect_ratio) or sweep.shapes, one of the two"),
@@ -376,6 +381,10 @@ CASES = [
 
 
 # setups: each makes files under tmp, or damages the copy of the trained run at `run`
+
+
+def no_cuda(tmp, run, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def binary_csv(tmp, run, monkeypatch):

@@ -68,7 +68,7 @@ def cmd_eval(args) -> None:
     elif args.run is None:
         raise ConfigError("eval needs a fine-tuned RUN (or --baseline NAME --task NAME)")
     else:
-        result = evaluate(args.run, args.split, args.task, resolve_device(args.device))
+        result = evaluate(args.run, args.split, args.task, resolve_device(args.device, "--device"))
         print(f"{result['checkpoint']}:")
     for scored in result["tasks"].values() if "tasks" in result else [result]:
         print(f"{scored['task']} {scored['split']} ({scored['examples']:,} examples):")
@@ -89,7 +89,9 @@ def cmd_generate(args) -> None:
         raise ConfigError(f"--num-samples must be at least 1 (got {args.num_samples})")
     temperature = 0.0 if args.greedy else args.temperature
     check_sampling(args.max_new_tokens, temperature, args.top_k, args.top_p)  # before a long load
-    model, tokenizer, _ = load(args.checkpoint, resolve_device(args.device), archs=("decoder", "encoder_decoder"))
+    model, tokenizer, _ = load(
+        args.checkpoint, resolve_device(args.device, "--device"), archs=("decoder", "encoder_decoder")
+    )
     if tokenizer is None:
         raise CheckpointError(f"'{args.checkpoint}' has no tokenizer.json; generating text needs the model's tokenizer")
     for i in range(args.num_samples):

@@ -208,6 +208,8 @@ def load_prompt_task(spec: str, limit: int | None = None, seed: int = 0) -> Prom
     """A built-in task by name (the generated reasoning tasks; tweets-sentiment: test-split queries,
     training-split pool) or a task YAML file. With `limit`, a seeded random sample of that many queries (never the
     first ones in file order: a file may be grouped by label)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {limit}); leave it out to ask every query")
     if spec in REASONING:
         n = limit or 200
         queries = generate_examples(spec, n, seed=0)
@@ -321,7 +323,7 @@ def prompting_model(model, tokenizer, source: str, device: str = "auto", precisi
     if tokenizer is None:
         raise CheckpointError(f"'{source}' has no tokenizer.json; prompting needs the model's tokenizer")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    return model.to(device=resolve_device(device), dtype=dtype).eval()
+    return model.to(device=resolve_device(device, "--device"), dtype=dtype).eval()
 
 
 @torch.no_grad()

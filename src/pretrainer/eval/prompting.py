@@ -60,10 +60,15 @@ class PromptSettings:
     def check(self, data: PromptData) -> None:
         if not self.shots or any(k < 0 for k in self.shots):
             raise ConfigError(f"--shots takes numbers of demonstrations, 0 or more (got {list(self.shots)})")
+        if len(set(self.shots)) < len(self.shots):
+            raise ConfigError(f"--shots names a k more than once (got {list(self.shots)}); each k is one row of the "
+                              "table, its --seeds the draws")  # fmt: skip
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1 (got {self.seeds})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens}); an answer needs one")
         if self.self_consistency < 0:
             raise ConfigError(f"--self-consistency takes a number of sampled paths (got {self.self_consistency})")
         if self.self_consistency and not self.temperature > 0:

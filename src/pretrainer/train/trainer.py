@@ -65,14 +65,15 @@ class RunResult:
     already_finished: bool = False  # resumed a run that had already reached train.max_steps: nothing was done
 
 
-def resolve_device(name: str) -> torch.device:
-    """train.device as a torch device: auto (CUDA when present), cpu, cuda or cuda:N."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """A device name (the config's `setting`, or a command's --device) as a torch device: auto (CUDA when present),
+    cpu, cuda or cuda:N."""
     if not DEVICES.fullmatch(name):
         raise ConfigError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError(f"{setting}={name} but CUDA is not available; use {setting}=cpu or auto")
     return torch.device(name)
 
 

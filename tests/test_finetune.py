@@ -96,6 +96,10 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
     scores = pretrainer.evaluate(run, "test")["scores"]
     assert scores["accuracy"] > 0.8 and json.loads((run / "eval-test.json").read_text())["scores"] == scores
     assert (run / "confusion-test.png").stat().st_size > 1000
+    # its head answers neg or pos: a built-in task with other classes is refused, not scored in the wrong classes
+    with pytest.raises(ConfigError, match=r"has a head for classification \(neg, pos\), and tweets-sentiment is "
+                                          r"classification \(negative, neutral, positive\)"):  # fmt: skip
+        pretrainer.evaluate(run, "test", task_name="tweets-sentiment")
 
 
 def test_an_electra_run_is_fine_tuned_from_its_discriminator(tiny, tmp_path):
@@ -285,6 +289,9 @@ def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp
     assert set(result["tasks"]["first"]["scores"]) == {"rouge1", "rouge2", "rougeL"}
     assert (run / "confusion-test-mood.png").is_file()
     assert pretrainer.evaluate(run, "test", task_name="first")["tasks"].keys() == {"first"}
+    # one task's scores go beside the whole mixture's, which stay
+    assert json.loads((run / "eval-test-first.json").read_text())["tasks"].keys() == {"first"}
+    assert json.loads((run / "eval-test.json").read_text())["tasks"].keys() == {"mood", "first"}
     assert_resume_is_exact(
         lambda r: pretrainer.finetune(pretrainer.load_config(None, overrides), r, resume=True),
         run, tmp_path / "resumed", 20, 60,

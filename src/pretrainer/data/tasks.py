@@ -735,13 +735,14 @@ def encode_task(
     return splits
 
 
-def load_splits(config: Config, tokenizer: Tokenizer) -> tuple[Task, dict[str, TaskSplit]]:
-    """The task of `config.task`, encoded for `config.model` with the training order drawn from train.seed."""
-    return _load_encoded(config.task, config, tokenizer)
+def load_splits(config: Config, tokenizer: Tokenizer, task: Task | None = None) -> tuple[Task, dict[str, TaskSplit]]:
+    """The task of `config.task` (`task` when it is already read), encoded for `config.model` with the training
+    order drawn from train.seed."""
+    return _load_encoded(config.task, config, tokenizer, task=task)
 
 
-def _load_encoded(cfg: TaskConfig, config: Config, tokenizer: Tokenizer, mixed: bool = False):
-    task, t, m = load_task(cfg), config.task, config.model
+def _load_encoded(cfg: TaskConfig, config: Config, tokenizer: Tokenizer, mixed: bool = False, task: Task | None = None):
+    task, t, m = task or load_task(cfg), config.task, config.model
     if mixed:
         task.name = mixture_name(cfg)
     if m.arch == "encoder_decoder" and not task.prefix and (mixed or task.kind != "text2text"):

@@ -125,10 +125,12 @@ def references(task: Task, split) -> list:
 
 def evaluate(run: str | Path, split: str = "test", task_name: str | None = None, device="cpu", batch_size=32) -> dict:
     """Score a fine-tuned run on a split of its task (or of the built-in task `task_name`; for a mixture, of each
-    of its tasks, or the one named); writes RUN/eval-SPLIT.json, and RUN/confusion-SPLIT[-TASK].png for
-    classification. Returns the JSON's content: for a mixture, each task's under "tasks"."""
+    of its tasks, or the one named); writes RUN/eval-SPLIT.json (RUN/eval-SPLIT-TASK.json for a task named, so
+    that the run's own scores stay), and RUN/confusion-SPLIT[-TASK].png for classification. Returns the JSON's
+    content: for a mixture, each task's under "tasks"."""
     model, tokenizer, config, ckpt = load_finetuned(run, device)
     out = Path(run) if (Path(run) / "checkpoints").is_dir() else ckpt
+    named = f"-{task_name}" if task_name is not None else ""
     if config.task.mixture:
         tasks = load_mixture(config, tokenizer)
         if task_name is not None:
@@ -139,11 +141,20 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
                   for name, (task, splits) in tasks.items()}  # fmt: skip
         result = {"task": "mixture", "split": split, "checkpoint": str(ckpt), "tasks": scored}
     else:
-        if task_name is not None:
-            config.task = dataclasses.replace(config.task, name=task_name, train=None, validation=None, test=None)
-        task, splits = load_splits(config, tokenizer)
-        result = {"checkpoint": str(ckpt), **_score(model, tokenizer, config, task, splits, split, out, batch_size)}
-    write_atomic(out / f"eval-{split}.json", json.dumps(result, indent=1) + "\n")
+        trained = config.task
+        if task_name is not None:  # the built-in task as it is defined: its own kind, labels and prefix
+            config.task = dataclasses.replace(trained, name=task_name, train=None, validation=None, test=None,
+                                              columns={}, prefix="", labels=[])  # fmt: skip
+        task = load_task(config.task)
+        if config.model.arch != "encoder_decoder" and (task.kind, task.labels) != (trained.kind, trained.labels):
+            # a head answers in the classes it was fine-tuned for; a text-to-text model writes any answer
+            kind = lambda t: f"{t.kind} ({', '.join(t.labels)})" if t.labels else t.kind  # noqa: E731
+            raise ConfigError(f"'{run}' has a head for {kind(trained)}, and {task.name} is {kind(task)}; score it with "
+                              "a run fine-tuned on it")  # fmt: skip
+        task, splits = load_splits(config, tokenizer, task)
+        result = {"checkpoint": str(ckpt), **_score(model, tokenizer, config, task, splits, split, out, batch_size,
+                                                     named)}  # fmt: skip
+    write_atomic(out / f"eval-{split}{named}.json", json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -634,10 +634,10 @@ def _check_task_source(k: TaskConfig) -> str:
     if k.name is not None:
         if k.name not in TASK_BUILTINS:
             near = difflib.get_close_matches(k.name, TASK_BUILTINS, n=1, cutoff=0.5)
-            hint = f"did you mean '{near[0]}'? " if near else ""
+            hint = f"did you mean '{near[0]}'? If not, for" if near else "for"
             raise ConfigError(
-                f"task.name='{k.name}' is not a built-in task ({', '.join(TASK_BUILTINS)}); {hint}For your own "
-                "files set task.train instead"
+                f"task.name='{k.name}' is not a built-in task ({', '.join(TASK_BUILTINS)}); {hint} your own files "
+                "set task.train instead"
             )
         given = [f"task.{key}" for key in ("train", "validation", "test", "columns") if getattr(k, key)]
         if given:

@@ -93,6 +93,7 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
 
     texts = ["good fair brave the king", "bad foul hates the queen"]
     assert pretrainer.predict(run, texts) == ["pos", "neg"]
+    assert pretrainer.predict(run, texts[0]) == ["pos"] and pretrainer.predict(run, []) == []  # a text alone: one
     scores = pretrainer.evaluate(run, "test")["scores"]
     assert scores["accuracy"] > 0.8 and json.loads((run / "eval-test.json").read_text())["scores"] == scores
     assert (run / "confusion-test.png").stat().st_size > 1000

@@ -8,7 +8,7 @@ from pretrainer.config import ModelConfig
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.model import Decoder, build_model
 from pretrainer.model.blocks import RMSNorm, attention_mask
-from pretrainer.model.generate import generate_text
+from pretrainer.model.generate import generate_text, generate_texts
 from pretrainer.model.ops import linear_cross_entropy, lm_logits
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
@@ -96,6 +96,30 @@ def test_generate_text_cuts_at_stop_string():
     stop = full[5:7]
     cut = generate_text(m, CharTokenizer(), "hello", 30, stop=[stop], temperature=0)
     assert cut == full[: full.index(stop)] and len(cut) < len(full)
+
+
+@pytest.mark.parametrize(
+    "idx, error, message",
+    [
+        (
+            torch.zeros(1, 3),
+            ConfigError,
+            r"token ids, integers of shape \(batch, time\).*got shape \(1, 3\), torch.float32",
+        ),
+        (torch.zeros(3, dtype=torch.long), ConfigError, r"got shape \(3,\), torch.int64"),
+        (torch.zeros(2, 0, dtype=torch.long), ConfigError, "with a token or more"),
+        (torch.tensor([[1, 97]]), DataError, "token ids run from 1 to 97, outside this model's vocabulary of 97"),
+        (torch.tensor([[-1, 5]]), DataError, "token ids run from -1 to 5"),
+    ],
+)
+def test_generate_refuses_what_is_not_token_ids(idx, error, message):
+    with pytest.raises(error, match=message):
+        model(GPT2).generate(idx, 3)
+
+
+def test_generate_texts_refuses_batches_of_no_prompts():
+    with pytest.raises(ConfigError, match=r"batch_size must be at least 1 \(got 0\)"):
+        generate_texts(model(GPT2), CharTokenizer(), ["hello"], 3, batch_size=0)
 
 
 @pytest.mark.parametrize("shape", [(1, 32), (2, 1, 32), (2, 4, 32), (16, 32), (3, 6, 32)])

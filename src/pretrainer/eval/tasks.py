@@ -58,6 +58,8 @@ def predict_split(
     """The model's prediction for every example of `split` (a TaskSplit), in order: a label id (classification;
     a T5's generated text names one, or is NO_CLASS), a number (regression), a tag name per word (tagging), an
     answer text (qa), or a text (text2text). With `progress`, a progress bar of that title."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     device = next(model.parameters()).device
     eos = eos_id(tokenizer)
     predictions = []
@@ -216,9 +218,13 @@ def baseline(name: str, task_name: str, split: str = "test") -> dict:
 
 def predict(run: str | Path, inputs: list, device="cpu", batch_size: int = 32) -> list:
     """Predictions of a fine-tuned run for new inputs: texts (classification, regression, text2text), (text_a,
-    text_b) pairs, or word lists (tagging); label names, numbers, texts or tag lists back. A mixture's inputs
-    start with their task's prefix ("code-docstrings: def f(x): ...")."""
+    text_b) pairs, or word lists (tagging); label names, numbers, texts or tag lists back (a text alone is a list of
+    one). A mixture's inputs start with their task's prefix ("code-docstrings: def f(x): ...")."""
     model, tokenizer, config, _ = load_finetuned(run, device)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs:
+        return []
     kind, labels = config.task.kind, config.task.labels
     placeholder = labels[0] if labels else 0.0  # new inputs have no label; encoding wants one, prediction not
     if kind == "qa":

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 END_OF_TEXT = ("<|endoftext|>", "</s>")  # GPT-style and T5-style end-of-text tokens
 
@@ -47,6 +47,21 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ConfigError(f"top_k must be at least 1 (got {top_k}); leave it unset to sample from every token")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1] (got {top_p}); 0.9 is usual, 1 keeps every token")
+
+
+def check_prompt(model, idx: torch.Tensor) -> None:
+    """Refuse what is not a batch of this model's token ids, before any of it reaches an embedding."""
+    if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32) or idx.shape[1] == 0:
+        raise ConfigError(
+            f"generate takes token ids, integers of shape (batch, time) with a token or more (got shape "
+            f"{tuple(idx.shape)}, {idx.dtype}); encode the prompt with the model's tokenizer"
+        )
+    low, high, vocab = int(idx.min()), int(idx.max()), model.config.vocab_size
+    if low < 0 or high >= vocab:
+        raise DataError(
+            f"token ids run from {low} to {high}, outside this model's vocabulary of {vocab}; encode the "
+            "prompt with the model's own tokenizer"
+        )
 
 
 def prefill(model, tokens: torch.Tensor, length: int, logits_to_keep: int = 0, shared_limit: int | None = None):
@@ -96,6 +111,7 @@ def generate(
     bar a near-tie that the wider pass's rounding could tip. `draft_tokens=0` decodes one token per pass.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_prompt(model, idx)
     was_training = model.training
     model.eval()
     try:
@@ -203,6 +219,8 @@ def generate_texts(
     (encoder-decoder), cut before the first stop string or end-of-text token. Prompts of the same length in
     tokens are generated together, `batch_size` at a time, so no row is padded; a batch samples from one
     generator seeded with `seed`, so the same prompts give the same texts."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     if any(s == "" for s in stop):
         raise ConfigError("a stop string is empty (it would stop before the first token); give it some text")
     device = next(model.parameters()).device

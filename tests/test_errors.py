@@ -87,6 +87,8 @@ CASES = [
     Case("a zero sequence length", train("objective.seq_len=0"), "objective.seq_len must be at least 1 (got 0)"),
     Case("a sequence longer than the positions", train("objective.seq_len=1024"), "larger than the model's positions"),
     Case("a zero tokenizer vocabulary", train("data.vocab_size=0"), "data.vocab_size must be at least 1 (got 0)"),
+    Case("an unknown tokenizer", train("data.tokenizer=sentencepiece"), "data.tokenizer='sentencepiece' is neither a "
+         "tokenizer trained here (bpe, roberta, wordpiece, unigram), gpt2, nor a tokenizer.json file"),
     Case("dropout of 1", train("model.dropout=1.0"), "model.dropout must be in [0, 1) (got 1.0)"),
     Case("negative dropout", train("model.dropout=-0.1"), "model.dropout must be in [0, 1) (got -0.1)"),
     Case("an unknown device", train("train.device=tpu"), "train.device='tpu' is not one of auto, cpu, cuda, cuda:N"),

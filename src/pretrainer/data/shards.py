@@ -141,8 +141,12 @@ def _tokenizer_spec(cfg: DataConfig) -> dict:
         )
     if cfg.tokenizer == "gpt2":
         return {"kind": "gpt2"}
-    load_tokenizer(cfg.tokenizer)  # a clear error for a missing or malformed file
-    return {"kind": "file", "sha256": file_sha256(Path(cfg.tokenizer).expanduser())}
+    path = Path(cfg.tokenizer).expanduser()
+    if not path.is_file() and path.suffix != ".json" and len(path.parts) == 1:  # a name, not a path
+        raise DataError(f"data.tokenizer={cfg.tokenizer!r} is neither a tokenizer trained here "
+                        f"({', '.join(TRAINED)}), gpt2, nor a tokenizer.json file")  # fmt: skip
+    load_tokenizer(path)  # a clear error for a missing or malformed file
+    return {"kind": "file", "sha256": file_sha256(path)}
 
 
 def data_record(inputs: dict) -> dict:

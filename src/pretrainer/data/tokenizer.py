@@ -112,7 +112,7 @@ def unpadded(tok: Tokenizer) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"tokenizer file '{p}' not found; give a tokenizer.json, or data.tokenizer=bpe|gpt2")
+        raise DataError(f"tokenizer file '{p}' not found; give the path of a tokenizer.json")
     try:
         return unpadded(Tokenizer.from_file(str(p)))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files

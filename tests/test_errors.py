@@ -229,8 +229,9 @@ CASES = [
     # checkpoints given to generate
     Case("a checkpoint path that does not exist", generate(ckpt="{tmp}/nowhere"), "does not exist"),
     Case("a folder that is no checkpoint", generate(ckpt="{tmp}"), "is neither a checkpoint"),
-    Case("a transformers folder", generate(ckpt="{tmp}/hf"), "convert it first: pretrainer convert", "hf_folder"),
-    Case("an encoder checkpoint", generate(ckpt="{tmp}/bert"), "holds a model.arch=encoder model", "encoder"),
+    Case("a transformers folder given to eval", "eval {tmp}/hf", "convert it first: pretrainer convert", "hf_folder"),
+    Case("an encoder checkpoint given to generate", generate(ckpt="{tmp}/bert"),
+         "an encoder-only model (BERT) fills in masked tokens; it cannot continue a prompt", "encoder"),
     Case("weights with a flipped byte", generate(), "model.safetensors' is damaged", "flipped_weights"),
     Case("truncated weights (no checksums)", generate(), "cannot be read as safetensors", "truncated_weights"),
     Case("weights that are not finite", generate(), "holds weights that are not finite", "nan_weights"),

@@ -15,6 +15,7 @@ from pretrainer.config import ModelConfig
 from pretrainer.errors import CheckpointError, ConfigError, DataError
 from pretrainer.eval.tasks import load_finetuned
 from pretrainer.model import build_model, lora
+from pretrainer.model.generate import generate_text
 from pretrainer.train import checkpoint
 from pretrainer.train.metrics import read_metrics
 from pretrainer.train.trainer import Trainer, spread_spans
@@ -83,6 +84,8 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
     assert result.scores["val_accuracy"] > max(0.8, majority + 0.2)
     model, tokenizer, config, ckpt = load_finetuned(run)
     assert config.task.labels == ["neg", "pos"] and config.model.n_labels == 2 and ckpt.name == "best"
+    with pytest.raises(ConfigError, match="fills in masked tokens|has a sequence head, not a language-model head"):
+        generate_text(model, tokenizer, "good fair", 3)  # a classifier writes no text
 
     # the checkpoint of the last step gives the model the trainer ended with
     last, *_ = checkpoint.load(checkpoint.latest(run))

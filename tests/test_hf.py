@@ -14,6 +14,7 @@ from pretrainer.config import ModelConfig
 from pretrainer.convert import convert, export_hf, import_hf
 from pretrainer.errors import ConversionError
 from pretrainer.model import build_model
+from pretrainer.model.generate import generate_text
 from pretrainer.model.hf import config_from_hf, config_to_hf, family_of, state_dict_from_hf
 
 transformers = pytest.importorskip("transformers")
@@ -313,6 +314,21 @@ def test_export_writes_the_tokenizers_ids_of_its_special_tokens(tmp_path):
     hf = json.loads((export_hf(build_model(config), tokenizer, tmp_path / "hf") / "config.json").read_text())
     eos = tokenizer.token_to_id("<|endoftext|>")
     assert hf["eos_token_id"] == hf["bos_token_id"] == eos and eos < 320
+
+
+def test_generate_reads_a_transformers_folder(tmp_path, capsys):
+    """`pretrainer generate` takes what `prompt` takes: a transformers folder (here exported from a model of ours)
+    writes what the model itself does."""
+    from pretrainer.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["some words to learn from " * 50], vocab_size=260)
+    model = build_model(dataclasses.replace(OURS["gpt2"], vocab_size=320))
+    export_hf(model, tokenizer, tmp_path / "hf")
+    text = generate_text(model, tokenizer, "some words", 8, temperature=0)
+    assert (
+        cli.main(["generate", str(tmp_path / "hf"), "--prompt", "some words", "--greedy", "--max-new-tokens", "8"]) == 0
+    )
+    assert capsys.readouterr().out == "some words" + text + "\n"
 
 
 def test_export_refuses_to_overwrite(tmp_path):

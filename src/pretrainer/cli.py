@@ -81,19 +81,22 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .model.generate import check_sampling, generate_text
-    from .train.checkpoint import load
+    from .convert import load_any
+    from .model.generate import check_language_model, check_sampling, generate_text
     from .train.trainer import resolve_device
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1 (got {args.num_samples})")
     temperature = 0.0 if args.greedy else args.temperature
     check_sampling(args.max_new_tokens, temperature, args.top_k, args.top_p)  # before a long load
-    model, tokenizer, _ = load(
-        args.checkpoint, resolve_device(args.device, "--device"), archs=("decoder", "encoder_decoder")
-    )
+    device = resolve_device(args.device, "--device")
+    model, tokenizer, notes = load_any(args.checkpoint)
+    for note in notes:
+        print(f"note: {note}")
+    check_language_model(model)
     if tokenizer is None:
         raise CheckpointError(f"'{args.checkpoint}' has no tokenizer.json; generating text needs the model's tokenizer")
+    model = model.to(device)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         text = generate_text(
@@ -320,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
-    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument(
+        "checkpoint", help="a run or checkpoint folder, a transformers folder, a .gguf file, or smollm2 (built in)"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)

@@ -30,7 +30,7 @@ from ..data.sources import read_jsonl, read_text
 from ..data.tasks import builtin_task
 from ..data.tokenizer import eos_id
 from ..errors import CheckpointError, ConfigError, DataError
-from ..model.generate import generate_texts, prefill
+from ..model.generate import check_language_model, generate_texts, prefill
 
 
 @dataclass
@@ -299,19 +299,6 @@ def split_tokens(tokenizer, context: str, continuation: str) -> tuple[list[int],
     whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
     n = len(tokenizer.encode(context, add_special_tokens=False).ids)
     return whole[:n], whole[n:]
-
-
-def check_language_model(model) -> None:
-    """Prompting takes a model that writes text: a decoder with its LM head, or an encoder-decoder."""
-    config = model.config
-    if config.arch == "encoder":
-        raise ConfigError(
-            "an encoder-only model (BERT) fills in masked tokens; it cannot continue a prompt. Give a decoder "
-            "(GPT, Llama, SmolLM2) or an encoder-decoder (T5)"
-        )
-    if config.head != "lm":
-        raise ConfigError(f"this {config.arch} has a {config.head} head, not a language-model head; prompt a "
-                          "pretrained model, or one fine-tuned text to text")  # fmt: skip
 
 
 def prompting_model(model, tokenizer, source: str, device: str = "auto", precision: str = "fp32"):

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_atomic
+from ..model.generate import check_language_model
 from .icl import (
     STEP_BY_STEP,
     PromptData,
     answers_by_generation,
-    check_language_model,
     choose,
     continuation_logprobs,
     demonstrations,

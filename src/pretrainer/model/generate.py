@@ -49,6 +49,19 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ConfigError(f"top_p must be in (0, 1] (got {top_p}); 0.9 is usual, 1 keeps every token")
 
 
+def check_language_model(model) -> None:
+    """Generation and prompting take a model that writes text: a decoder with its LM head, or an encoder-decoder."""
+    config = model.config
+    if config.arch == "encoder":
+        raise ConfigError(
+            "an encoder-only model (BERT) fills in masked tokens; it cannot continue a prompt. Give a decoder "
+            "(GPT, Llama, SmolLM2) or an encoder-decoder (T5)"
+        )
+    if config.head != "lm":
+        raise ConfigError(f"this {config.arch} has a {config.head} head, not a language-model head; give a "
+                          "pretrained model, or one fine-tuned text to text")  # fmt: skip
+
+
 def check_prompt(model, idx: torch.Tensor) -> None:
     """Refuse what is not a batch of this model's token ids, before any of it reaches an embedding."""
     if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32) or idx.shape[1] == 0:
@@ -111,6 +124,7 @@ def generate(
     bar a near-tie that the wider pass's rounding could tip. `draft_tokens=0` decodes one token per pass.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_language_model(model)
     check_prompt(model, idx)
     was_training = model.training
     model.eval()

@@ -240,16 +240,10 @@ def load_tokenizer(ckpt: Path) -> Tokenizer | None:
         raise CheckpointError(f"'{path}' cannot be read as a tokenizer ({e}); restore it") from None
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", archs: tuple[str, ...] | None = None):
-    """(model, tokenizer, config) from a checkpoint or run folder; the model is in eval mode. With `archs`,
-    a checkpoint of another kind of model (an encoder where a generator is needed, say) is an error."""
+def load(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, config) from a checkpoint or run folder; the model is in eval mode."""
     ckpt = resolve(path)
     config = read_config(ckpt)
-    if archs is not None and config.model.arch not in archs:
-        raise CheckpointError(
-            f"'{path}' holds a model.arch={config.model.arch} model; this needs {' or '.join(archs)} "
-            "(an encoder predicts masked tokens, it does not generate)"
-        )
     model = build_model(config.model)
     load_weights(model, ckpt, device)
     return model.to(device).eval(), load_tokenizer(ckpt), config

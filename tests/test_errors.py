@@ -271,6 +271,9 @@ CASES = [
          "finetune needs a task recipe"),
     Case("a T5 for a regression task", finetune("--from {tmp}/t5 task.kind=regression"),
          "a regression task is for model.arch=encoder or decoder, not encoder_decoder", "t5_checkpoint"),
+    Case("a best-checkpoint metric the run does not log", finetune("finetune.metric=val_f1"),
+         "finetune.metric=val_f1 is not one of this run's validation numbers: val_loss, val_accuracy",
+         files=SENTIMENT),
     Case("a task without a validation split", finetune(validation=False), "the task has no validation split",
          files={"train.csv": "text,label\nfine words,pos\nbad words,neg\n"}),
     Case("a task file that does not exist", f"finetune {RECIPE} --run-dir {{tmp}}/new TINY objective.name=task "

@@ -346,6 +346,8 @@ class Trainer:
         if trained is not self.model:  # and the teacher's forward pass: a third of its training FLOPs
             self.flops_per_step += model_flops(trained.teacher.config, inputs) / 3 * examples_per_step
         self.peak = peak_flops(self.device, self.dtype)
+        if self.best is not None:
+            self._check_metric()
 
     def _distillation(self, state: dict | None) -> Distillation:
         """The model (the student) learning from objective.teacher, refused unless the teacher is a masked-LM
@@ -699,11 +701,25 @@ class Trainer:
             self._keep_best()
         return self.scores
 
+    @torch.no_grad()
+    def _check_metric(self) -> None:
+        """Refuse a finetune.metric that `evaluate` will not log, before training rather than at the first evaluation:
+        the names are those of `eval_sums` on one validation example (a T5 has no val_accuracy, a mixture has
+        val_loss_NAME per task)."""
+        example = next(iter(self.val_splits.values())).make(0, 1)
+        self.model.eval()
+        with self.autocast():
+            names = self.model.eval_sums(**{k: v.to(self.device) for k, v in example.items()})
+        reshard(self.model, self.world)
+        self.model.train()
+        known = [f"val_{name}{f'_{group}' if group else ''}" for group in ("", *self.val_splits) for name in names]
+        if self.config.finetune.metric not in known:
+            raise ConfigError(f"finetune.metric={self.config.finetune.metric} is not one of this run's validation "
+                              f"numbers: {', '.join(dict.fromkeys(known))}")  # fmt: skip
+
     def _keep_best(self) -> None:
         """Write checkpoints/best when finetune.metric is better than at any evaluation before."""
         name = self.config.finetune.metric
-        if name not in self.scores:
-            raise ConfigError(f"finetune.metric={name} is not one of this run's numbers: {', '.join(self.scores)}")
         value, best = self.scores[name], self.best["value"]
         if best is None or (value < best if name.endswith("loss") else value > best):
             model = full_model(self.model, self.world)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from pretrainer.errors import ConfigError
 from pretrainer.eval.icl import continuation_logprobs
 from pretrainer.model.generate import generate_text
 
@@ -108,3 +109,7 @@ def test_lm_evals_command_line_builds_the_model_from_its_arguments(tmp_path):
         assert next(lm.model.parameters()).device.type == "cpu"
     assert lm.batch_size == 1 and lm.loglikelihood(requests("loglikelihood", ("Q: 7?", " A")))[0][0] < 0
     assert PretrainerLM.create_from_arg_string(f"path={tmp_path / 'ckpt'}", {"batch_size": "auto"}).batch_size == 16
+    for args, message in ((",precision=fp16", "precision 'fp16' is not one of fp32, bf16"),
+                          (",batch_size=0", "batch_size=0: give a number of 1 or more, or auto")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            PretrainerLM.create_from_arg_string(f"path={tmp_path / 'ckpt'}{args}", {"device": "cpu"})

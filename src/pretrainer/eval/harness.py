@@ -20,6 +20,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ..data.tokenizer import eos_id
+from ..errors import ConfigError
 from ..model.generate import generate_texts
 from .icl import continuation_logprobs, prompting_model, token_logprobs
 
@@ -37,6 +38,12 @@ class PretrainerLM(LM):
         super().__init__()
         from ..convert import load_any
 
+        if str(batch_size).startswith("auto"):
+            self.batch_size = max_batch_size or 16
+        elif str(batch_size).isdigit() and int(batch_size) >= 1:
+            self.batch_size = int(batch_size)
+        else:  # before a long load
+            raise ConfigError(f"batch_size={batch_size!r}: give a number of 1 or more, or auto")
         if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
             if device is not None:
                 warnings.warn(f"lm-eval asks for device {device}, but CUDA is not available: running on the CPU",
@@ -46,7 +53,6 @@ class PretrainerLM(LM):
             model, tokenizer, _ = load_any(path)
         self.model = prompting_model(model, tokenizer, path, device, precision)
         self.tokenizer = tokenizer
-        self.batch_size = (max_batch_size or 16) if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
 
     @classmethod

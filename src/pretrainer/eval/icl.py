@@ -309,8 +309,10 @@ def prompting_model(model, tokenizer, source: str, device: str = "auto", precisi
     check_language_model(model)
     if tokenizer is None:
         raise CheckpointError(f"'{source}' has no tokenizer.json; prompting needs the model's tokenizer")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    return model.to(device=resolve_device(device, "--device"), dtype=dtype).eval()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(dtypes)}")
+    return model.to(device=resolve_device(device, "--device"), dtype=dtypes[precision]).eval()
 
 
 @torch.no_grad()

@@ -104,6 +104,8 @@ def test_a_pretrained_model_learns_the_task_and_reloads_with_its_labels(kind, ti
     with pytest.raises(ConfigError, match=r"has a head for classification \(neg, pos\), and tweets-sentiment is "
                                           r"classification \(negative, neutral, positive\)"):  # fmt: skip
         pretrainer.evaluate(run, "test", task_name="tweets-sentiment")
+    with pytest.raises(ConfigError, match=r"--task 'tweets' is not a built-in task \(tweets-sentiment, code-docs"):
+        pretrainer.evaluate(run, "test", task_name="tweets")
 
 
 def test_an_electra_run_is_fine_tuned_from_its_discriminator(tiny, tmp_path):
@@ -261,7 +263,7 @@ def test_lora_trains_adapters_only_saves_them_merged_and_resumes_exactly(tiny, t
         pretrainer.finetune(typo, tmp_path / "typo")
 
 
-def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp_path):
+def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp_path, capsys):
     """One T5 on two tasks at once, each example prefixed with its task: validation numbers per task, eval scores
     each task as its kind (accuracy of the label names it writes, ROUGE), and the resume stays exact."""
     tmp, _ = tiny
@@ -292,8 +294,9 @@ def test_a_t5_mixture_of_a_classification_as_text_and_a_text2text_task(tiny, tmp
     assert mood["no_class"] + sum(map(sum, mood["confusion"])) == 60  # each answer names a label, or none
     assert set(result["tasks"]["first"]["scores"]) == {"rouge1", "rouge2", "rougeL"}
     assert (run / "confusion-test-mood.png").is_file()
-    assert pretrainer.evaluate(run, "test", task_name="first")["tasks"].keys() == {"first"}
+    assert cli.main(["eval", str(run), "--split", "test", "--task", "first"]) == 0
     # one task's scores go beside the whole mixture's, which stay
+    assert f"written: {run / 'eval-test-first.json'}" in capsys.readouterr().out
     assert json.loads((run / "eval-test-first.json").read_text())["tasks"].keys() == {"first"}
     assert json.loads((run / "eval-test.json").read_text())["tasks"].keys() == {"mood", "first"}
     assert_resume_is_exact(

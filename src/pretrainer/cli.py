@@ -57,7 +57,7 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .eval.tasks import baseline, evaluate
+    from .eval.tasks import baseline, evaluate, scores_file
     from .train.trainer import resolve_device
 
     if args.baseline is not None:
@@ -77,7 +77,7 @@ def cmd_eval(args) -> None:
         if scored.get("no_class"):
             print(f"  ({scored['no_class']:,} generated answers name no label: counted wrong)")
     if args.run is not None:
-        print(f"written: {Path(args.run) / ('eval-' + args.split + '.json')}")
+        print(f"written: {scores_file(args.run, args.split, args.task)}")
 
 
 def cmd_generate(args) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import Config, TaskConfig
+from ..config import TASK_BUILTINS, Config, TaskConfig
 from ..data.tasks import (
     Example,
     TaggingExample,
@@ -144,6 +144,8 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
         result = {"task": "mixture", "split": split, "checkpoint": str(ckpt), "tasks": scored}
     else:
         trained = config.task
+        if task_name is not None and task_name not in TASK_BUILTINS:
+            raise ConfigError(f"--task {task_name!r} is not a built-in task ({', '.join(TASK_BUILTINS)})")
         if task_name is not None:  # the built-in task as it is defined: its own kind, labels and prefix
             config.task = dataclasses.replace(trained, name=task_name, train=None, validation=None, test=None,
                                               columns={}, prefix="", labels=[])  # fmt: skip
@@ -156,8 +158,13 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
         task, splits = load_splits(config, tokenizer, task)
         result = {"checkpoint": str(ckpt), **_score(model, tokenizer, config, task, splits, split, out, batch_size,
                                                      named)}  # fmt: skip
-    write_atomic(out / f"eval-{split}{named}.json", json.dumps(result, indent=1) + "\n")
+    write_atomic(scores_file(out, split, task_name), json.dumps(result, indent=1) + "\n")
     return result
+
+
+def scores_file(run: str | Path, split: str, task_name: str | None = None) -> Path:
+    """Where `evaluate` writes a run's scores: RUN/eval-SPLIT.json, RUN/eval-SPLIT-TASK.json for a task named."""
+    return Path(run) / f"eval-{split}{f'-{task_name}' if task_name is not None else ''}.json"
 
 
 def _score(model, tokenizer, config: Config, task: Task, splits: dict, split: str, out: Path, batch_size: int,

@@ -319,6 +319,10 @@ def test_a_task_file_names_its_templates_choices_and_data(tmp_path):
         ({"choices": ["yes", "maybe"]}, DataError, "answers that are not among the choices .no."),
         ({"tempalte": "x"}, ConfigError, "unknown key tempalte; a task file has name, description, question"),
         ({"data": "none.jsonl"}, DataError, "data file '.*none.jsonl' not found"),
+        ({"pool": "none.jsonl"}, DataError, "pool file '.*none.jsonl' not found"),
+        ({"extract": "([0-9"}, ConfigError, r"extract='\(\[0-9' is not a regular expression \(unterminated"),
+        ({"question": "Q: {question"}, ConfigError, "the template 'Q: {question' is malformed"),
+        ({"question": "Q: {} {question}"}, ConfigError, "has a field without a name"),
     ],
 )
 def test_a_task_file_that_cannot_work_is_refused(tmp_path, fields, error, message):

@@ -53,7 +53,11 @@ class PromptTask:
             raise ConfigError(f"task {self.name} has one choice ({self.choices[0]!r}); give two or more, or none")
         if len(set(self.choices)) < len(self.choices):
             raise ConfigError(f"task {self.name} lists a choice twice ({', '.join(self.choices)})")
-        if re.compile(self.extract).groups < 1:
+        try:
+            groups = re.compile(self.extract).groups
+        except re.error as e:
+            raise ConfigError(f"task {self.name}: extract={self.extract!r} is not a regular expression ({e})") from None
+        if groups < 1:
             raise ConfigError(f"task {self.name}: extract={self.extract!r} needs a group, (...), around the answer")
         if self.target not in template_fields(self.answer):
             raise ConfigError(
@@ -75,7 +79,16 @@ class PromptTask:
 
 
 def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    """The names of the {fields} a template fills in; a malformed or unnamed one is an error."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # "{question" and the like
+        raise ConfigError(f"the template {template!r} is malformed ({e}); write a field as {{name}}, a brace as "
+                          "{{ or }}") from None  # fmt: skip
+    if any(name == "" or name.isdigit() for name in names):
+        raise ConfigError(f"the template {template!r} has a field without a name; name it after the examples' "
+                          "fields, as {question}")  # fmt: skip
+    return names
 
 
 def fill(template: str, example: dict) -> str:
@@ -259,17 +272,18 @@ def _task_file(spec: str) -> PromptData:
         task = PromptTask(**{k: tuple(v) if k == "choices" else v for k, v in fields.items()})
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    queries = _examples(path.parent / spec_dict["data"], task)
-    pool = _examples(path.parent / spec_dict["pool"], task) if "pool" in spec_dict else queries
+    queries = _examples(path.parent / spec_dict["data"], task, "data")
+    pool = _examples(path.parent / spec_dict["pool"], task, "pool") if "pool" in spec_dict else queries
     where = f"{path}: queries from {spec_dict['data']}, pool from {spec_dict.get('pool', spec_dict['data'])}"
     return PromptData(task, queries, pool, where)
 
 
-def _examples(path: Path, task: PromptTask) -> list[dict]:
+def _examples(path: Path, task: PromptTask, key: str) -> list[dict]:
+    """The examples of a task file's `key` (data or pool), a .jsonl beside it."""
     if path.suffix != ".jsonl":
-        raise DataError(f"task {task.name}: '{path}' is not a .jsonl file; give one JSON object per line")
+        raise DataError(f"task {task.name}: {key} '{path}' is not a .jsonl file; give one JSON object per line")
     if not path.is_file():
-        raise DataError(f"task {task.name}: data file '{path}' not found")
+        raise DataError(f"task {task.name}: {key} file '{path}' not found")
     rows = read_jsonl_file(path)
     if not rows:
         raise DataError(f"task {task.name}: '{path}' holds no examples")

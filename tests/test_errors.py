@@ -247,6 +247,10 @@ CASES = [
     Case("a garbled tokenizer.json (no checksums)", generate(), "tokenizer.json' cannot be read as a tokenizer",
          "garbled_tokenizer"),
     Case("a checkpoint without a tokenizer", generate(), "has no tokenizer.json", "no_tokenizer"),
+    Case("comparing a run whose metrics are not JSON lines", "compare {tmp}/run --out {tmp}/c.png",
+         "run/metrics.jsonl:2: not a JSON row",
+         files={"run/metrics.jsonl": '{"step": 1, "val_loss": 5.0}\nnot json\n'}),
+    Case("a comparison written over a folder", "compare {run} --out {tmp}", "should name the PNG file to write"),
     Case("comparing a folder that is no run", "compare {tmp} --out {tmp}/c.png",
          "has no metrics.jsonl: give the folders"),
     # conversion to and from transformers
@@ -344,6 +348,8 @@ CASES = [
     Case("CUDA where there is none", generate("--device cuda"), "--device=cuda but CUDA is not available; use "
          "--device=cpu or auto", setup="no_cuda"),
     # scaling: counts, sweeps, fits, predictions
+    Case("a sweep on CUDA devices where there are none", f"scaling sweep {RECIPE} --out {{tmp}}/out --devices "
+         "cuda:0,cuda:1", "--devices=cuda:0 but CUDA is not available", setup="no_cuda"),
     Case("a sweep recipe without shapes", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.tokens=[1e6]",
          "a sweep needs sweep.depths (with sweep.aspect_ratio) or sweep.shapes, one of the two"),
     Case("a sweep shape that is not LAYERSxD_MODEL", f"scaling sweep {RECIPE} --out {{tmp}}/out sweep.shapes=[2-64] "

@@ -142,6 +142,10 @@ def _train_one(config: Config, run_dir: Path) -> tuple[float, float, float]:
 
 def sweep(base: Config, out: str | Path, devices: list[str] | None = None, say=print) -> Path:
     """Run every planned run not yet in OUT/results.csv, appending a row as each finishes; OUT/results.csv."""
+    from ..train.trainer import resolve_device
+
+    for device in devices or []:  # each, before any run starts in a process of its own
+        resolve_device(device, "--devices")
     out = Path(out)
     runs, notes = plan(base)
     for note in notes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_atomic
 
 
@@ -62,9 +62,18 @@ class NoMetrics:
 
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl; a last line without its newline (the writer was killed mid-row) is left out."""
-    text = Path(path).read_text()
+    text = Path(path).read_text(errors="replace")
     complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(complete.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not a JSON row ({e.msg}); a metrics.jsonl holds one JSON object per "
+                            "line") from None  # fmt: skip
+    return rows
 
 
 def plot_loss(run_dir: Path) -> Path:
@@ -106,6 +115,8 @@ def plot_loss(run_dir: Path) -> Path:
 def compare_runs(run_dirs: list[Path], out: Path, metric: str = "val_loss") -> list[dict]:
     """OUT (a PNG): `metric` against step for each run, one curve per run; returns each run's last and best value.
     Runs of one recipe's shape (the same batch, say a dense model and its mixture of experts) line up step by step."""
+    if Path(out).suffix.lower() != ".png" or Path(out).is_dir():
+        raise ConfigError(f"--out {out} should name the PNG file to write, like compare.png")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -174,7 +174,7 @@ CASES = [
          files={"list.yaml": "- model\n- train\n"}),
     Case("an unknown key in a recipe", "train {tmp}/typo.yaml", "'train.max_step'; did you mean 'train.max_steps'",
          files={"typo.yaml": "train:\n  max_step: 10\n"}),
-    Case("no recipe at all", "train", "the following arguments are required: config"),
+    Case("no recipe at all", "train", "the following arguments are required: config (see pretrainer train --help)"),
     Case("an unknown command", "pretrain x", "invalid choice: 'pretrain'"),
     Case("an unknown option", f"train {RECIPE} --resum", "unrecognized arguments: --resum"),
     # data
@@ -591,6 +591,12 @@ def test_bad_input_gets_one_line(case, trained, tmp_path, capsys, monkeypatch):
     expected = case.says.replace("{tmp}", str(tmp_path))
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert files_of(run) == before and not (tmp_path / "out").exists()  # nothing written, nothing lost
+
+
+def test_the_version_is_one_line_and_exit_status_0(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"pretrainer {pretrainer.__version__}\n"
 
 
 def markdown_table() -> str:

@@ -14,7 +14,8 @@ from .errors import CheckpointError, ConfigError, PretrainerError
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=200")
+    # a default makes argparse count the overrides as optional (without one it names them among the missing)
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value", help="e.g. train.max_steps=200")
 
 
 def cmd_data(args) -> None:
@@ -284,7 +285,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="pretrainer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pretrainer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="fetch or read a corpus, train a tokenizer, write token shards")

@@ -94,7 +94,7 @@ def cmd_generate(args) -> None:
     model, tokenizer, notes = load_any(args.checkpoint)
     for note in notes:
         print(f"note: {note}")
-    check_language_model(model)
+    check_language_model(model)  # generate() checks too; here it comes first, before the tokenizer's absence
     if tokenizer is None:
         raise CheckpointError(f"'{args.checkpoint}' has no tokenizer.json; generating text needs the model's tokenizer")
     model = model.to(device)

@@ -132,7 +132,6 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
     content: for a mixture, each task's under "tasks"."""
     model, tokenizer, config, ckpt = load_finetuned(run, device)
     out = Path(run) if (Path(run) / "checkpoints").is_dir() else ckpt
-    named = f"-{task_name}" if task_name is not None else ""
     if config.task.mixture:
         tasks = load_mixture(config, tokenizer)
         if task_name is not None:
@@ -144,9 +143,9 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
         result = {"task": "mixture", "split": split, "checkpoint": str(ckpt), "tasks": scored}
     else:
         trained = config.task
-        if task_name is not None and task_name not in TASK_BUILTINS:
-            raise ConfigError(f"--task {task_name!r} is not a built-in task ({', '.join(TASK_BUILTINS)})")
         if task_name is not None:  # the built-in task as it is defined: its own kind, labels and prefix
+            if task_name not in TASK_BUILTINS:
+                raise ConfigError(f"--task {task_name!r} is not a built-in task ({', '.join(TASK_BUILTINS)})")
             config.task = dataclasses.replace(trained, name=task_name, train=None, validation=None, test=None,
                                               columns={}, prefix="", labels=[])  # fmt: skip
         task = load_task(config.task)
@@ -156,6 +155,7 @@ def evaluate(run: str | Path, split: str = "test", task_name: str | None = None,
             raise ConfigError(f"'{run}' has a head for {kind(trained)}, and {task.name} is {kind(task)}; score it with "
                               "a run fine-tuned on it")  # fmt: skip
         task, splits = load_splits(config, tokenizer, task)
+        named = f"-{task_name}" if task_name is not None else ""  # the confusion PNG's, as the scores' file
         result = {"checkpoint": str(ckpt), **_score(model, tokenizer, config, task, splits, split, out, batch_size,
                                                      named)}  # fmt: skip
     write_atomic(scores_file(out, split, task_name), json.dumps(result, indent=1) + "\n")

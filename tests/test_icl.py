@@ -31,7 +31,7 @@ from pretrainer.eval.icl import (
 )
 from pretrainer.model import build_model
 from pretrainer.model import generate as generation
-from pretrainer.model.generate import generate, generate_text, generate_texts, lookup_draft
+from pretrainer.model.generate import DraftSchedule, common_draft, generate, generate_text, generate_texts, lookup_draft
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
@@ -291,6 +291,103 @@ def test_an_encoder_decoder_drafts_from_its_input_and_output_and_writes_the_same
     assert searched and all(t[:12] == ids[0].tolist() for t in searched)  # the input, then the output so far
 
 
+def counting_passes(model) -> list[int]:
+    """The widths of the passes the model is given from here on."""
+    widths, forward = [], model.forward
+    model.forward = lambda *a, **k: widths.append((a[1] if a[0] is None else a[0]).shape[1]) or forward(*a, **k)
+    return widths
+
+
+def test_a_batch_drafts_together_and_writes_what_one_token_per_pass_writes():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=128)).eval()
+    ids = torch.randint(3, 64, (3, 12))
+    passes = counting_passes(model)
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
+    assert len(passes) == 40
+    passes.clear()
+    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    assert torch.equal(drafted, plain) and len(passes) < 25 and max(passes) > 1  # random models' outputs cycle
+
+
+def test_a_stop_token_inside_a_draft_ends_the_text_where_one_token_per_pass_would(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=128)).eval()
+    ids = torch.randint(3, 64, (3, 12))
+    rows = generate(model, ids, 40, temperature=0, draft_tokens=0)[:, 12:].tolist()
+
+    def foresight(tokens, k):  # drafts that are always right, so that every pass but the first is 9 tokens wide
+        row = rows[next(i for i in range(3) if tokens[:12] == ids[i].tolist())]
+        return row[len(tokens) - 12 : len(tokens) - 12 + k]
+
+    monkeypatch.setattr(generation, "lookup_draft", foresight)
+    # rows 0 and 2 stop at their first token, row 1 where its text first changes (a random model repeats itself)
+    changes = next(at for at, token in enumerate(rows[1]) if token != rows[1][0])
+    stops = [rows[0][0], rows[2][0], rows[1][changes]]
+    assert changes % 9 != 0  # not the last token of a pass: the one where it stops is cut short
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0, stop_ids=stops)
+    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8, stop_ids=stops)
+    assert drafted.shape == plain.shape == (3, 12 + changes + 1)  # both end where the last row stops
+    for row, reference in zip(drafted[:, 12:].tolist(), plain[:, 12:].tolist(), strict=True):
+        end = next(i + 1 for i, token in enumerate(reference) if token in stops)
+        assert row[:end] == reference[:end]  # the same tokens up to the row's stop; after it, unspecified
+
+
+def test_an_encoder_decoder_batch_drafts_from_each_rows_own_input(monkeypatch):
+    torch.manual_seed(0)
+    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
+                         n_head=4, d_model=32, max_seq_len=64, decoder_start_id=0)  # fmt: skip
+    model = build_model(config).eval()
+    ids = torch.randint(6, 64, (2, 12))
+    ids[1, 8:] = 5  # padding, which drafts must not come from
+    real = torch.ones_like(ids, dtype=torch.bool)
+    real[1, 8:] = False
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0, padding_mask=real)
+    searched = []
+    monkeypatch.setattr(
+        generation, "lookup_draft", lambda tokens, k: searched.append(tokens) or lookup_draft(tokens, k)
+    )
+    passes = counting_passes(model)
+    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8, padding_mask=real)
+    assert torch.equal(drafted, plain) and len(passes) < 30
+    assert all(t[:12] == ids[0].tolist() or t[:9] == ids[1, :8].tolist() + [0] for t in searched)
+    assert {tuple(t[:9]) for t in searched} == {tuple(ids[0, :9].tolist()), tuple(ids[1, :8].tolist() + [0])}
+
+
+def test_a_batch_draft_is_as_long_as_its_shortest_live_row():
+    out = torch.tensor([[1, 2, 3, 1, 2], [4, 5, 6, 4, 5], [9, 9, 9, 9, 9]])
+    finished = torch.tensor([False, False, True])
+    sources = [[], [], []]
+    # row 0 drafts [3, 1, 2] (after "1 2"), row 1 [6, 4, 5] (after "4 5"), row 2 [9, 9] but it has ended
+    assert common_draft(out, sources, finished, 4).tolist() == [[3, 1, 2], [6, 4, 5], [0, 0, 0]]
+    assert common_draft(out, sources, torch.tensor([False, False, False]), 4).tolist() == [[3, 1], [6, 4], [9, 9]]
+    # row 1's source comes first: "4 5" there has the most after it, [2, 7, 4, 5]
+    assert common_draft(out, [[], [4, 5, 2, 7], []], finished, 4).tolist() == [[3, 1, 2], [2, 7, 4], [0, 0, 0]]
+    assert common_draft(out[:, :4], sources, finished, 4) is None  # a live row without a draft: none for any
+
+
+def test_the_draft_length_follows_what_the_last_drafts_got():
+    schedule = DraftSchedule(8)
+    assert schedule.wanted() and schedule.length == 8
+    schedule.update(accepted=1)
+    assert schedule.wanted() and schedule.length == 4  # twice the accepted tokens, plus two
+    schedule.update(accepted=8)
+    assert schedule.length == 8  # never above the most
+    pauses = []
+    for _ in range(6):  # drafts that get nothing: pauses of 1, 2, 4, 8, 16, 16 passes, then a draft of two
+        schedule.update(accepted=0)
+        pauses.append(0)
+        while not schedule.wanted():
+            pauses[-1] += 1
+        assert schedule.length == 2
+    assert pauses == [1, 2, 4, 8, 16, 16]
+    schedule.update(accepted=2)
+    assert schedule.wanted() and schedule.length == 6
+    schedule.update(accepted=0)
+    assert not schedule.wanted() and schedule.wanted()  # a success resets the pause to one pass
+    assert DraftSchedule(1).length == 1
+
+
 def write_task(tmp_path, **fields):
     rows = [{"word": f"t{i}", "label": "yes" if i % 2 else "no", "why": f"t{i} is {'odd' if i % 2 else 'even'}"}
             for i in range(12)]  # fmt: skip
@@ -336,19 +433,16 @@ def test_prompt_lookup_drafts_follow_earlier_occurrences():
     assert lookup_draft([1, 2, 3, 4, 5, 5, 5], k=3) == [5]  # "5 5" came once before, followed by one 5
     assert lookup_draft([1, 9, 9, 9, 9, 9, 9], k=4) == [9, 9, 9]  # a run: the occurrence with the most after it
     assert lookup_draft([1, 2, 3], k=4) == []
+    assert lookup_draft([1, 2, 3, 2], k=4) == []  # one earlier token predicts too little
+    assert lookup_draft([1, 2, 3, 2], k=4, shortest=1) == [3, 2]
 
 
 def test_greedy_decoding_with_drafts_writes_the_same_tokens_in_fewer_passes():
     model, tok = english_lm()
     ids = torch.tensor([tok.encode("Q: What is 12 + 30? A: 42. Q: What is 12 + 30? A:").ids])
-    passes, forward = [], model.forward
-    model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+    passes = counting_passes(model)
     plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
     assert len(passes) == 40
     passes.clear()
     drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
     assert torch.equal(drafted, plain) and len(passes) < 30  # the tiny model repeats itself: drafts get accepted
-    stop = int(plain[0, ids.shape[1] + 5])  # a stop token inside an accepted draft ends the text there
-    cut = generate(model, ids, 40, temperature=0, stop_ids=[stop])
-    first = (plain[0, ids.shape[1] :] == stop).nonzero()[0, 0]
-    assert torch.equal(cut, plain[:, : ids.shape[1] + first + 1])

@@ -116,12 +116,15 @@ def generate(
     `should_stop` (given the tokens so far) says so. When the sequence outgrows the model's positions, the
     context is cropped to the last `max_seq_len` tokens and recomputed (no cache can hold it).
 
-    Greedy decoding of one row drafts up to `draft_tokens` tokens by prompt lookup (`lookup_draft`: what followed
-    the latest earlier occurrence of the last tokens, as in few-shot prompts and their copied formats; an
-    encoder-decoder looks in its input too, which summaries and answers copy from) and checks
-    them all in one pass, keeping those the model would have chosen itself: a pass reads the weights once, which
-    is what a step of batch 1 costs, so every accepted token is a step saved. The tokens are greedy decoding's,
-    bar a near-tie that the wider pass's rounding could tip. `draft_tokens=0` decodes one token per pass.
+    Greedy decoding drafts up to `draft_tokens` tokens per row by prompt lookup (`lookup_draft`: what followed the
+    latest earlier occurrence of the last tokens, as in few-shot prompts and their copied formats; an
+    encoder-decoder looks in its input too, which summaries and answers copy from) and checks them all in one pass,
+    keeping those the model would have chosen itself: a pass reads the weights once, which is what a step costs
+    when few rows are decoded, so every accepted token is a step saved. A batch drafts as many tokens for every
+    row and advances as far as the row that accepts fewest (`common_draft`); how long the drafts are follows how
+    the last ones fared (`DraftSchedule`). The tokens are greedy decoding's, bar a near-tie that the wider pass's
+    rounding could tip; a row's tokens after its stop token are unspecified. `draft_tokens=0` decodes one token
+    per pass.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     check_language_model(model)
@@ -156,14 +159,17 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
             return model(tokens, cache=cache, logits_to_keep=keep)[0]
 
     generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
-    speculate = draft_tokens > 0 and temperature == 0 and out.shape[0] == 1
-    source = idx[0].tolist() if memory is not None and speculate else []  # an encoder's input, drafted from too
+    schedule = DraftSchedule(draft_tokens) if draft_tokens > 0 and temperature == 0 else None
+    sources = [[] for _ in range(out.shape[0])]  # an encoder's input, drafted from too
+    if memory is not None and schedule is not None:
+        real = padding_mask if padding_mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        sources = [row[keep].tolist() for row, keep in zip(idx, real, strict=True)]
     cache = None
     finished = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
     stop = torch.tensor(list(stop_ids), dtype=out.dtype, device=out.device)
     produced = 0
     while produced < max_new_tokens:
-        draft = []
+        draft = None
         if use_cache and out.shape[1] < max_len:
             if cache is None:
                 length = min(max_len, out.shape[1] + max_new_tokens)
@@ -174,26 +180,29 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
                     logits = logits_for(out, cache)
             else:
                 room = min(max_new_tokens - produced, cache[0].k.shape[2] - cache[0].length) - 1
-                if speculate and room > 0:
-                    draft = lookup_draft(source + out[0].tolist(), min(draft_tokens, room))
-                fed = torch.cat([out[:, -1:], out.new_tensor([draft])], 1) if draft else out[:, -1:]
+                if schedule is not None and room > 0 and schedule.wanted():
+                    draft = common_draft(out, sources, finished, min(schedule.length, room))
+                fed = out[:, -1:] if draft is None else torch.cat([out[:, -1:], draft], 1)
                 logits = logits_for(fed, cache, keep=fed.shape[1])
         else:
             cache = None  # the window slides from here on: recompute over the last max_len tokens
             logits = logits_for(out[:, -max_len:], None)
-        if draft:
-            best = logits[0].argmax(-1)
-            accepted = int((best[:-1] == out.new_tensor(draft)).int().cumprod(0).sum())
-            tokens = best[None, : accepted + 1]  # the draft's tokens the model agrees with, then its own next one
+        if draft is not None:
+            best = logits.argmax(-1)
+            agreed = (best[:, :-1] == draft).int().cumprod(1).sum(1)
+            accepted = int(agreed[~finished].min())  # rows advance together, as far as the least lucky live row
+            tokens = best[:, : accepted + 1]  # the draft's tokens the model agrees with, then its own next one
             for layer in cache:
-                layer.length -= len(draft) - accepted  # forget the keys and values of rejected draft tokens
+                layer.length -= draft.shape[1] - accepted  # forget the keys and values of rejected draft tokens
+            schedule.update(accepted)
         else:
             tokens = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
         if len(stop):
-            hit = torch.isin(tokens, stop)
-            if tokens.shape[1] > 1 and bool(hit.any()):
-                tokens = tokens[:, : int(hit[0].int().argmax()) + 1]  # nothing after the first stop token
-            finished |= hit.any(1)
+            hit = torch.isin(tokens, stop) & ~finished[:, None]
+            ended = hit.any(1)
+            if tokens.shape[1] > 1 and bool((finished | ended).all()):  # as one token per pass would have stopped
+                tokens = tokens[:, : int(torch.where(ended, hit.int().argmax(1) + 1, 0).max())]
+            finished |= ended
         out = torch.cat([out, tokens], dim=1)
         produced += tokens.shape[1]
         if len(stop) and bool(finished.all()):
@@ -203,12 +212,51 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
     return out
 
 
-def lookup_draft(tokens: list[int], k: int, longest: int = 3) -> list[int]:
+class DraftSchedule:
+    """How long the next draft is, from how the last ones fared. A pass over a draft costs more than a pass over
+    one token (on the 2-core CPU: 1.5x for SmolLM2 with 1 draft token, 2.2x with 8; 2.6-3.4x at batch 8 and 16),
+    so an unlucky draft costs time: after a draft with some tokens accepted the next is twice as long plus two
+    (up to `most`); after one with none, the next 1, 2, 4 ... 16 passes go without, then a draft of two tries again.
+    Simulated over recorded greedy outputs with measured pass costs, this kept every gain of always drafting `most`
+    tokens where text copies and turned its losses on text that does not (SmolLM2 at batch 16: 0.4x of plain
+    decoding) into at most a tenth (`benchmarks/RESULTS.md`)."""
+
+    def __init__(self, most: int):
+        self.most, self.length, self.pause, self.backoff = most, most, 0, 0
+
+    def wanted(self) -> bool:
+        """Whether this pass drafts (a pass skipped after a failed draft counts down the pause)."""
+        if self.pause:
+            self.pause -= 1
+            return False
+        return True
+
+    def update(self, accepted: int) -> None:
+        if accepted:
+            self.backoff, self.length = 0, min(self.most, 2 * accepted + 2)
+        else:
+            self.backoff = min(16, 2 * self.backoff or 1)
+            self.pause, self.length = self.backoff, min(self.most, 2)
+
+
+def common_draft(out: torch.Tensor, sources: list[list[int]], finished: torch.Tensor, k: int) -> torch.Tensor | None:
+    """One draft per row (`lookup_draft` over the row's source and tokens so far), cut to the shortest of the live
+    rows' so that the batch stays rectangular; None when a live row has none. Finished rows draft anything."""
+    drafts = [[] if done else lookup_draft(source + row, k)
+              for source, row, done in zip(sources, out.tolist(), finished.tolist(), strict=True)]  # fmt: skip
+    k = min(len(draft) for draft, done in zip(drafts, finished.tolist(), strict=True) if not done)
+    if k == 0:
+        return None
+    return out.new_tensor([draft[:k] if draft else [0] * k for draft in drafts])
+
+
+def lookup_draft(tokens: list[int], k: int, longest: int = 3, shortest: int = 2) -> list[int]:
     """Prompt lookup decoding's draft (Saxena, 2023): up to `k` tokens that followed an earlier occurrence of the
-    sequence's last n tokens, for the largest n <= `longest` that occurs: the latest occurrence followed by k
-    tokens, or else the one followed by the most (a run that repeats near the end leaves little after its latest
-    occurrence). None if nothing occurs."""
-    for n in range(min(longest, len(tokens) - 1), 0, -1):
+    sequence's last n tokens, for the largest n in [`shortest`, `longest`] that occurs: the latest occurrence
+    followed by k tokens, or else the one followed by the most (a run that repeats near the end leaves little after
+    its latest occurrence). None if nothing occurs. What followed one earlier token predicts too little to pay for
+    the wider pass: simulated on recorded outputs, dropping it gained 5-20% on SmolLM2's chain-of-thought tasks."""
+    for n in range(min(longest, len(tokens) - 1), shortest - 1, -1):
         tail, draft = tokens[-n:], []
         for start in range(len(tokens) - n - 1, -1, -1):
             if tokens[start : start + n] == tail and len(tokens) - start - n > len(draft):

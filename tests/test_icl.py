@@ -31,7 +31,7 @@ from pretrainer.eval.icl import (
 )
 from pretrainer.model import build_model
 from pretrainer.model import generate as generation
-from pretrainer.model.generate import DraftSchedule, common_draft, generate, generate_text, generate_texts, lookup_draft
+from pretrainer.model.generate import DraftSchedule, generate, generate_text, generate_texts, lookup_drafts
 
 
 def test_generated_answers_are_right_and_each_rationale_reaches_its_answer():
@@ -271,6 +271,11 @@ def test_an_encoder_decoder_scores_the_continuation_as_its_target():
     assert [s for s, _ in scores] == pytest.approx([s for s, _ in continuation_logprobs(model, tok, requests, 1)])
 
 
+def recording(searched: list):
+    """`lookup_drafts`, noting the rows it searches."""
+    return lambda tokens, live, k: searched.append(tokens.tolist()) or lookup_drafts(tokens, live, k)
+
+
 def test_an_encoder_decoder_drafts_from_its_input_and_output_and_writes_the_same_tokens(monkeypatch):
     torch.manual_seed(0)
     config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
@@ -283,12 +288,10 @@ def test_an_encoder_decoder_drafts_from_its_input_and_output_and_writes_the_same
     assert len(passes) == 40
     passes.clear()
     searched = []
-    monkeypatch.setattr(
-        generation, "lookup_draft", lambda tokens, k: searched.append(tokens) or lookup_draft(tokens, k)
-    )
+    monkeypatch.setattr(generation, "lookup_drafts", recording(searched))
     drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
     assert torch.equal(drafted, plain) and len(passes) < 30  # a random model's greedy output cycles: drafts fit
-    assert searched and all(t[:12] == ids[0].tolist() for t in searched)  # the input, then the output so far
+    assert searched and all(t[0][:12] == ids[0].tolist() for t in searched)  # the input, then the output so far
 
 
 def counting_passes(model) -> list[int]:
@@ -316,11 +319,10 @@ def test_a_stop_token_inside_a_draft_ends_the_text_where_one_token_per_pass_woul
     ids = torch.randint(3, 64, (3, 12))
     rows = generate(model, ids, 40, temperature=0, draft_tokens=0)[:, 12:].tolist()
 
-    def foresight(tokens, k):  # drafts that are always right, so that every pass but the first is 9 tokens wide
-        row = rows[next(i for i in range(3) if tokens[:12] == ids[i].tolist())]
-        return row[len(tokens) - 12 : len(tokens) - 12 + k]
+    def foresight(tokens, live, k):  # drafts that are always right: every pass but the first is 9 tokens wide
+        return torch.tensor([row[tokens.shape[1] - 12 :][:k] for row in rows])
 
-    monkeypatch.setattr(generation, "lookup_draft", foresight)
+    monkeypatch.setattr(generation, "lookup_drafts", foresight)
     # rows 0 and 2 stop at their first token, row 1 where its text first changes (a random model repeats itself)
     changes = next(at for at, token in enumerate(rows[1]) if token != rows[1][0])
     stops = [rows[0][0], rows[2][0], rows[1][changes]]
@@ -344,26 +346,25 @@ def test_an_encoder_decoder_batch_drafts_from_each_rows_own_input(monkeypatch):
     real[1, 8:] = False
     plain = generate(model, ids, 40, temperature=0, draft_tokens=0, padding_mask=real)
     searched = []
-    monkeypatch.setattr(
-        generation, "lookup_draft", lambda tokens, k: searched.append(tokens) or lookup_draft(tokens, k)
-    )
+    monkeypatch.setattr(generation, "lookup_drafts", recording(searched))
     passes = counting_passes(model)
     drafted = generate(model, ids, 40, temperature=0, draft_tokens=8, padding_mask=real)
     assert torch.equal(drafted, plain) and len(passes) < 30
-    assert all(t[:12] == ids[0].tolist() or t[:9] == ids[1, :8].tolist() + [0] for t in searched)
-    assert {tuple(t[:9]) for t in searched} == {tuple(ids[0, :9].tolist()), tuple(ids[1, :8].tolist() + [0])}
+    # each row: its input (the padding moved ahead of it, as -1, which matches nothing), then its output so far
+    assert searched and all(t[0][:13] == ids[0].tolist() + [0] for t in searched)
+    assert all(t[1][:13] == [-1] * 4 + ids[1, :8].tolist() + [0] for t in searched)
 
 
 def test_a_batch_draft_is_as_long_as_its_shortest_live_row():
     out = torch.tensor([[1, 2, 3, 1, 2], [4, 5, 6, 4, 5], [9, 9, 9, 9, 9]])
     finished = torch.tensor([False, False, True])
-    sources = [[], [], []]
     # row 0 drafts [3, 1, 2] (after "1 2"), row 1 [6, 4, 5] (after "4 5"), row 2 [9, 9] but it has ended
-    assert common_draft(out, sources, finished, 4).tolist() == [[3, 1, 2], [6, 4, 5], [0, 0, 0]]
-    assert common_draft(out, sources, torch.tensor([False, False, False]), 4).tolist() == [[3, 1], [6, 4], [9, 9]]
-    # row 1's source comes first: "4 5" there has the most after it, [2, 7, 4, 5]
-    assert common_draft(out, [[], [4, 5, 2, 7], []], finished, 4).tolist() == [[3, 1, 2], [2, 7, 4], [0, 0, 0]]
-    assert common_draft(out[:, :4], sources, finished, 4) is None  # a live row without a draft: none for any
+    assert lookup_drafts(out, ~finished, 4).tolist() == [[3, 1, 2], [6, 4, 5], [0, 0, 0]]
+    assert lookup_drafts(out, torch.tensor([True, True, True]), 4).tolist() == [[3, 1], [6, 4], [9, 9]]
+    # row 1's source comes first: "4 5" there has the most after it, [2, 7, 4, 5]; -1 is padding
+    sources = torch.tensor([[-1, -1, -1, -1], [4, 5, 2, 7], [-1, -1, -1, -1]])
+    assert lookup_drafts(torch.cat([sources, out], 1), ~finished, 4).tolist() == [[3, 1, 2], [2, 7, 4], [0, 0, 0]]
+    assert lookup_drafts(out[:, :4], ~finished, 4) is None  # a live row without a draft: none for any
 
 
 def test_the_draft_length_follows_what_the_last_drafts_got():
@@ -427,14 +428,56 @@ def test_a_task_file_that_cannot_work_is_refused(tmp_path, fields, error, messag
         load_prompt_task(write_task(tmp_path, **fields))
 
 
+def draft(tokens: list[int], k: int, **limits) -> list[int]:
+    drafts = lookup_drafts(torch.tensor([tokens]), torch.tensor([True]), k, **limits)
+    return [] if drafts is None else drafts[0].tolist()
+
+
 def test_prompt_lookup_drafts_follow_earlier_occurrences():
-    assert lookup_draft([5, 6, 7, 8, 9, 5, 6], k=2) == [7, 8]  # the last two tokens occurred: what came next
-    assert lookup_draft([5, 6, 7, 1, 2, 3, 5, 6, 7, 4, 6, 7], k=3) == [4, 6, 7]  # the latest of two occurrences
-    assert lookup_draft([1, 2, 3, 4, 5, 5, 5], k=3) == [5]  # "5 5" came once before, followed by one 5
-    assert lookup_draft([1, 9, 9, 9, 9, 9, 9], k=4) == [9, 9, 9]  # a run: the occurrence with the most after it
-    assert lookup_draft([1, 2, 3], k=4) == []
-    assert lookup_draft([1, 2, 3, 2], k=4) == []  # one earlier token predicts too little
-    assert lookup_draft([1, 2, 3, 2], k=4, shortest=1) == [3, 2]
+    assert draft([5, 6, 7, 8, 9, 5, 6], k=2) == [7, 8]  # the last two tokens occurred: what came next
+    assert draft([5, 6, 7, 1, 2, 3, 5, 6, 7, 4, 6, 7], k=3) == [4, 6, 7]  # the latest of two occurrences
+    assert draft([1, 2, 3, 4, 5, 5, 5], k=3) == [5]  # "5 5" came once before, followed by one 5
+    assert draft([1, 9, 9, 9, 9, 9, 9], k=4) == [9, 9, 9]  # a run: the occurrence with the most after it
+    assert draft([1, 2, 3], k=4) == []
+    assert draft([1, 2, 3, 2], k=4) == []  # one earlier token predicts too little
+    assert draft([1, 2, 3, 2], k=4, shortest=1) == [3, 2]
+    assert draft([7, 7], k=4) == [] and draft([7], k=4) == []
+    # searched as bytes: 256 then 0 holds the bytes of 1 then 0 one byte in, which is no occurrence of "1 0"
+    assert draft([256, 0, 0, 7, 1, 0], k=4) == []
+    assert draft([1, 0, 5, 256, 0, 0, 7, 1, 0], k=4) == [5, 256, 0, 0]  # the latest whole-token occurrence
+    assert draft([1, 0, 5, 256, 0, 0, 7, 1, 0], k=8) == [5, 256, 0, 0, 7, 1, 0]  # the earliest
+
+
+def scanned_draft(tokens: list[int], k: int, longest: int = 3, shortest: int = 2) -> list[int]:
+    """The same rule, written as the loop over earlier positions that it means."""
+    for n in range(min(longest, len(tokens) - 1), shortest - 1, -1):
+        tail, found = tokens[-n:], []
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tail and len(tokens) - start - n > len(found):
+                found = tokens[start + n : start + n + k]
+                if len(found) == k:
+                    break
+        if found:
+            return found
+    return []
+
+
+def test_a_batch_of_drafts_is_each_rows_own_cut_to_the_shortest():
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        rows, time, k = 1 + trial % 4, int(torch.randint(2, 40, (1,), generator=generator)), 1 + trial % 8
+        tokens = torch.randint(0, 1 + trial % 6, (rows, time), generator=generator)  # few symbols: many matches
+        live = torch.rand(rows, generator=generator) < 0.8
+        live[0] = True
+        for shortest in (1, 2):
+            each = [scanned_draft(row, k, shortest=shortest) for row in tokens.tolist()]
+            common = min(len(found) for found, alive in zip(each, live.tolist(), strict=True) if alive)
+            drafts = lookup_drafts(tokens, live, k, shortest=shortest)
+            if common == 0:
+                assert drafts is None
+            else:
+                expected = [found[:common] if alive else [0] * common for found, alive in zip(each, live, strict=True)]
+                assert drafts.tolist() == expected
 
 
 def test_greedy_decoding_with_drafts_writes_the_same_tokens_in_fewer_passes():

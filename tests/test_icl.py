@@ -271,25 +271,28 @@ def test_an_encoder_decoder_scores_the_continuation_as_its_target():
     assert [s for s, _ in scores] == pytest.approx([s for s, _ in continuation_logprobs(model, tok, requests, 1)])
 
 
+def tiny_random(arch: str):
+    """A random one-layer model (seeded) whose greedy text soon repeats itself, as random models' does."""
+    torch.manual_seed(0)
+    if arch == "encoder_decoder":
+        config = ModelConfig(arch=arch, positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1, n_head=4,
+                             d_model=32, max_seq_len=64, decoder_start_id=0)  # fmt: skip
+    else:
+        config = ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=128)
+    return build_model(config).eval()
+
+
 def recording(searched: list):
     """`lookup_drafts`, noting the rows it searches."""
     return lambda tokens, live, k: searched.append(tokens.tolist()) or lookup_drafts(tokens, live, k)
 
 
 def test_an_encoder_decoder_drafts_from_its_input_and_output_and_writes_the_same_tokens(monkeypatch):
-    torch.manual_seed(0)
-    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
-                         n_head=4, d_model=32, max_seq_len=64, decoder_start_id=0)  # fmt: skip
-    model = build_model(config).eval()
+    model = tiny_random("encoder_decoder")
     ids = torch.randint(3, 64, (1, 12))
-    passes, forward = [], model.forward
-    model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
-    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
-    assert len(passes) == 40
-    passes.clear()
     searched = []
     monkeypatch.setattr(generation, "lookup_drafts", recording(searched))
-    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    plain, drafted, passes = decoded_both_ways(model, ids)
     assert torch.equal(drafted, plain) and len(passes) < 30  # a random model's greedy output cycles: drafts fit
     assert searched and all(t[0][:12] == ids[0].tolist() for t in searched)  # the input, then the output so far
 
@@ -301,21 +304,24 @@ def counting_passes(model) -> list[int]:
     return widths
 
 
-def test_a_batch_drafts_together_and_writes_what_one_token_per_pass_writes():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=128)).eval()
-    ids = torch.randint(3, 64, (3, 12))
+def decoded_both_ways(model, ids, **settings):
+    """40 greedy tokens one per pass and with drafts, and the widths of the drafted decoding's passes."""
     passes = counting_passes(model)
-    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
+    plain = generate(model, ids, 40, temperature=0, draft_tokens=0, **settings)
     assert len(passes) == 40
     passes.clear()
-    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    return plain, generate(model, ids, 40, temperature=0, draft_tokens=8, **settings), passes
+
+
+def test_a_batch_drafts_together_and_writes_what_one_token_per_pass_writes():
+    model = tiny_random("decoder")
+    ids = torch.randint(3, 64, (3, 12))
+    plain, drafted, passes = decoded_both_ways(model, ids)
     assert torch.equal(drafted, plain) and len(passes) < 25 and max(passes) > 1  # random models' outputs cycle
 
 
 def test_a_stop_token_inside_a_draft_ends_the_text_where_one_token_per_pass_would(monkeypatch):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=32, max_seq_len=128)).eval()
+    model = tiny_random("decoder")
     ids = torch.randint(3, 64, (3, 12))
     rows = generate(model, ids, 40, temperature=0, draft_tokens=0)[:, 12:].tolist()
 
@@ -336,19 +342,14 @@ def test_a_stop_token_inside_a_draft_ends_the_text_where_one_token_per_pass_woul
 
 
 def test_an_encoder_decoder_batch_drafts_from_each_rows_own_input(monkeypatch):
-    torch.manual_seed(0)
-    config = ModelConfig(arch="encoder_decoder", positions="relative", norm="rmsnorm", vocab_size=64, n_layer=1,
-                         n_head=4, d_model=32, max_seq_len=64, decoder_start_id=0)  # fmt: skip
-    model = build_model(config).eval()
+    model = tiny_random("encoder_decoder")
     ids = torch.randint(6, 64, (2, 12))
     ids[1, 8:] = 5  # padding, which drafts must not come from
     real = torch.ones_like(ids, dtype=torch.bool)
     real[1, 8:] = False
-    plain = generate(model, ids, 40, temperature=0, draft_tokens=0, padding_mask=real)
     searched = []
     monkeypatch.setattr(generation, "lookup_drafts", recording(searched))
-    passes = counting_passes(model)
-    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8, padding_mask=real)
+    plain, drafted, passes = decoded_both_ways(model, ids, padding_mask=real)
     assert torch.equal(drafted, plain) and len(passes) < 30
     # each row: its input (the padding moved ahead of it, as -1, which matches nothing), then its output so far
     assert searched and all(t[0][:13] == ids[0].tolist() + [0] for t in searched)
@@ -483,9 +484,5 @@ def test_a_batch_of_drafts_is_each_rows_own_cut_to_the_shortest():
 def test_greedy_decoding_with_drafts_writes_the_same_tokens_in_fewer_passes():
     model, tok = english_lm()
     ids = torch.tensor([tok.encode("Q: What is 12 + 30? A: 42. Q: What is 12 + 30? A:").ids])
-    passes = counting_passes(model)
-    plain = generate(model, ids, 40, temperature=0, draft_tokens=0)
-    assert len(passes) == 40
-    passes.clear()
-    drafted = generate(model, ids, 40, temperature=0, draft_tokens=8)
+    plain, drafted, passes = decoded_both_ways(model, ids)
     assert torch.equal(drafted, plain) and len(passes) < 30  # the tiny model repeats itself: drafts get accepted

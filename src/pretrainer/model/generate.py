@@ -122,10 +122,9 @@ def generate(
     encoder-decoder looks in its input too, which summaries and answers copy from) and checks them all in one pass,
     keeping those the model would have chosen itself: a pass reads the weights once, which is what a step costs
     when few rows are decoded, so every accepted token is a step saved. A batch drafts as many tokens for every
-    row and advances as far as the row that accepts fewest; how long the drafts are follows how
-    the last ones fared (`DraftSchedule`). The tokens are greedy decoding's, bar a near-tie that the wider pass's
-    rounding could tip; a row's tokens after its stop token are unspecified. `draft_tokens=0` decodes one token
-    per pass.
+    row and advances as far as the row that accepts fewest; how long the drafts are follows how the last ones
+    fared (`DraftSchedule`). The tokens are greedy decoding's, bar a near-tie that the wider pass's rounding could
+    tip; a row's tokens after its stop token are unspecified. `draft_tokens=0` decodes one token per pass.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     check_language_model(model)

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 from pretrainer.config import ModelConfig
 from pretrainer.errors import ConfigError, DataError
-from pretrainer.model import Decoder, build_model
+from pretrainer.model import Decoder, build_model, ops
 from pretrainer.model.blocks import RMSNorm, attention_mask
 from pretrainer.model.generate import generate_text, generate_texts
-from pretrainer.model.ops import linear_cross_entropy, lm_logits
+from pretrainer.model.ops import linear_cross_entropy
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=48)
 LLAMA = dict(
@@ -122,23 +122,6 @@ def test_generate_texts_refuses_batches_of_no_prompts():
         generate_texts(model(GPT2), CharTokenizer(), ["hello"], 3, batch_size=0)
 
 
-@pytest.mark.parametrize("shape", [(1, 32), (2, 1, 32), (2, 4, 32), (16, 32), (3, 6, 32)])
-def test_lm_logits_equal_linear(shape):
-    """The few-row path (weight @ hidden.T, up to 16 rows) and the plain one give linear's logits, in its shape,
-    with the gradient of both inputs."""
-    torch.manual_seed(0)
-    hidden = torch.randn(*shape, requires_grad=True)
-    weight = torch.randn(1000, 32, requires_grad=True)
-    got, plain = lm_logits(hidden, weight), F.linear(hidden, weight)
-    assert got.shape == plain.shape == (*shape[:-1], 1000)
-    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
-    upstream = torch.randn_like(plain)
-    grads = [torch.autograd.grad((y * upstream).sum(), (hidden, weight)) for y in (got, plain)]
-    for g, p in zip(*grads, strict=True):
-        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-4)
-    assert got.argmax(-1).equal(plain.argmax(-1))
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("vocab", [1000, 20000])  # one chunk of rows; five (64 rows each, the last short)
 def test_linear_cross_entropy_equals_cross_entropy(autocast, vocab):
@@ -194,6 +177,62 @@ T5 = dict(
     GPT2, arch="encoder_decoder", n_decoder_layer=3, positions="relative", norm="rmsnorm", activation="gelu_tanh",
     gated_mlp=True, bias=False, scale_attention=False, relative_buckets=8, relative_max_distance=20,
 )  # fmt: skip
+
+
+def packed_forwards(m) -> int:
+    """How many of the model's linear layers run packed now."""
+    return sum("forward" in layer.__dict__ for layer in m.modules() if isinstance(layer, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("kind", [GPT2, T5], ids=["gpt2", "t5"])
+def test_packed_linears_give_the_plain_logits_and_tokens(kind, monkeypatch):
+    """Packed weights for few rows, F.linear beyond PACKED_MAX_ROWS (200 rows here): the same logits, biases
+    included (GPT-2's), and the same greedy tokens, drafts and all; the layers are plain again afterwards."""
+    monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 0)  # a tiny model's weights would stay in the cache
+    monkeypatch.setattr(ops, "PACKED_MAX_ROWS", 16)
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(**kind)).eval()
+    with torch.no_grad():
+        for layer in m.modules():
+            if isinstance(layer, torch.nn.Linear) and layer.bias is not None:
+                layer.bias.normal_()  # not the init's zeros
+    with torch.inference_mode():
+        for x in (torch.randint(0, 97, (1, 1)), torch.randint(0, 97, (2, 5)), torch.randint(0, 97, (5, 40))):
+            args = (x, x[:, :3]) if kind is T5 else (x,)
+            plain = m(*args)[0]
+            with ops.packed_linears(m):
+                assert packed_forwards(m) == sum(isinstance(layer, torch.nn.Linear) for layer in m.modules())
+                packed = m(*args)[0]
+            torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    assert packed_forwards(m) == 0
+    prompt = torch.randint(0, 97, (3, 6))
+    tokens = m.generate(prompt, 20, temperature=0)
+    monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 1 << 40)
+    assert torch.equal(m.generate(prompt, 20, temperature=0), tokens)
+
+
+def test_packed_weights_follow_the_weights(monkeypatch):
+    """A weight changed in place (an optimizer step, a load) is packed again; bf16 weights and small models are
+    not packed at all, and an error inside leaves the layers plain."""
+    m = model(LLAMA)  # its head is its own, not the embeddings
+    x = torch.randint(0, 97, (1, 4))
+    monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 0)
+    with torch.inference_mode(), ops.packed_linears(m):
+        before = m(x)[0]
+    with torch.no_grad():
+        m.lm_head.weight.mul_(2.0)
+    with torch.inference_mode(), ops.packed_linears(m):
+        after = m(x)[0]
+    torch.testing.assert_close(after, 2 * before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="inside"), ops.packed_linears(m):
+        raise RuntimeError("inside")
+    assert packed_forwards(m) == 0
+    bf16 = copy.deepcopy(m).to(torch.bfloat16)
+    with ops.packed_linears(bf16):
+        assert packed_forwards(bf16) == 0
+    monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 1 << 40)
+    with ops.packed_linears(m):
+        assert packed_forwards(m) == 0
 
 
 @pytest.mark.parametrize("kind", [GPT2, LLAMA, BERT, T5], ids=["gpt2", "llama", "bert", "t5"])

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import ModelConfig
 from .blocks import Block, KVCache, Rotary, check_positions, init_weights, norm, router_loss
 from .heads import TaskHead, last_real_token
-from .ops import linear_cross_entropy, lm_logits
+from .ops import linear_cross_entropy
 
 
 class Decoder(nn.Module):
@@ -65,7 +65,7 @@ class Decoder(nn.Module):
         if targets is not None:
             loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
             return None, loss + router_loss(self)
-        return lm_logits(x[:, -logits_to_keep:] if logits_to_keep else x, self.lm_head.weight), None
+        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         return KVCache.for_layers(self.config, self.config.n_layer, batch, length, self.tok_emb.weight)

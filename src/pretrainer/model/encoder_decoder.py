@@ -26,7 +26,7 @@ from .blocks import (
     norm,
     router_loss,
 )
-from .ops import linear_cross_entropy, lm_logits
+from .ops import linear_cross_entropy
 
 
 @torch.no_grad()
@@ -143,7 +143,7 @@ class EncoderDecoder(nn.Module):
         if targets is not None:
             loss = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
             return None, loss + router_loss(self)
-        return lm_logits(hidden, self.lm_head.weight), None
+        return self.lm_head(hidden), None
 
     def new_cache(self, batch: int, length: int) -> list[KVCache]:
         """Caches for the decoder's layers: self-attention keys and values, and cross-attention's of `memory`."""

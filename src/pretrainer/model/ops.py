@@ -1,10 +1,16 @@
-"""Hand-written autograd kernels that measured faster than autograd through torch's own ops on CPU (see
-benchmarks/RESULTS.md): RMSNorm with its backward written out, and linear + cross-entropy in row chunks."""
+"""Kernels that measured faster than torch's own ops on CPU (see benchmarks/RESULTS.md): RMSNorm with its backward
+written out, linear + cross-entropy in row chunks, and linear layers over few rows by oneDNN's packed weights."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -96,12 +102,50 @@ def linear_cross_entropy(
         return total / (targets != -100).sum().clamp(min=1)
 
 
-def lm_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """An LM head's logits, hidden (..., d) @ weight (vocab, d).T. For a few rows in fp32 on CPU (a decoding step,
-    a draft's check) they are computed as (weight @ hidden.T).T: MKL multiplies a wide matrix by few rows 1.5-3x
-    faster that way round (T5-small's 32128 x 512 head, 8 rows: 9.3 against 18.6 ms; benchmarks/RESULTS.md). The
-    result is then a transposed view, which is cheap to read at this size."""
-    rows = hidden.numel() // hidden.shape[-1]
-    if rows <= 16 and hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32:
-        return (weight @ hidden.reshape(rows, -1).T).T.reshape(*hidden.shape[:-1], weight.shape[0])
-    return F.linear(hidden, weight)
+# A pass over few rows (a decoding step, a draft's check) multiplies each weight by a thin matrix: MKL's GEMM (what
+# F.linear runs) repacks the weight for every such product, oneDNN multiplies a copy packed once. That pays where
+# the weights outgrow the last-level cache and every pass streams them from memory (SmolLM2-135M: a 1-token pass
+# 40 against 54 ms, a 2-token pass 47 against 79; T5-small: 12 against 16 ms), and not where they stay in it (the
+# tiny GPT's 5 MB: oneDNN's per-call overhead makes it 5% slower). From 129 rows on, MKL is as fast again.
+PACKED_FROM_ELEMENTS = 1 << 23  # the model's linear weights: 32 MiB of fp32, this CPU's last-level cache
+PACKED_MAX_ROWS = 128
+_packed: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((version, address), packed copy)
+
+
+def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's packed copy of `weight`, made once per version of it (an optimizer step or a load makes another):
+    packing SmolLM2 takes ~0.3 s, several decoding steps, so it is kept while the weight lives."""
+    stamp = (weight._version, weight.data_ptr())
+    entry = _packed.get(weight)
+    if entry is None or entry[0] != stamp:
+        entry = _packed[weight] = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+    return entry[1]
+
+
+def _linear_over_few_rows(layer: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+        return F.linear(x, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, layer.bias, "none", [], "")
+
+
+@contextlib.contextmanager
+def packed_linears(model: nn.Module) -> Iterator[None]:
+    """Within it (inference only: no gradients flow through), `model`'s nn.Linear layers multiply up to
+    `PACKED_MAX_ROWS` rows by oneDNN's packed copies of their weights, where that pays: fp32 on a CPU, and linear
+    weights of `PACKED_FROM_ELEMENTS` or more in all. The copies double those weights' memory while they live."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    packable = (
+        torch.backends.mkldnn.is_available()
+        and all(type(m.weight.data) is torch.Tensor and m.weight.device.type == "cpu" for m in linears)
+        and all(m.weight.dtype == torch.float32 for m in linears)
+        and sum(m.weight.numel() for m in linears) >= PACKED_FROM_ELEMENTS
+    )
+    if not packable:
+        linears = []
+    for layer in linears:
+        layer.forward = functools.partial(_linear_over_few_rows, layer, _packed_weight(layer.weight))
+    try:
+        yield
+    finally:
+        for layer in linears:
+            del layer.forward

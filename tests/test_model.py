@@ -180,16 +180,16 @@ T5 = dict(
 
 
 def packed_forwards(m) -> int:
-    """How many of the model's linear layers run packed now."""
+    """How many of the model's linear layers take a route of `inference_linears` now."""
     return sum("forward" in layer.__dict__ for layer in m.modules() if isinstance(layer, torch.nn.Linear))
 
 
 @pytest.mark.parametrize("kind", [GPT2, T5], ids=["gpt2", "t5"])
-def test_packed_linears_give_the_plain_logits_and_tokens(kind, monkeypatch):
-    """Packed weights for few rows, F.linear beyond PACKED_MAX_ROWS (200 rows here): the same logits, biases
+def test_packed_weights_give_the_plain_logits_and_tokens(kind, monkeypatch):
+    """Packed weights for few rows, F.linear beyond FEW_ROWS (200 rows here): the same logits, biases
     included (GPT-2's), and the same greedy tokens, drafts and all; the layers are plain again afterwards."""
     monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 0)  # a tiny model's weights would stay in the cache
-    monkeypatch.setattr(ops, "PACKED_MAX_ROWS", 16)
+    monkeypatch.setattr(ops, "FEW_ROWS", 16)
     torch.manual_seed(0)
     m = build_model(ModelConfig(**kind)).eval()
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_packed_linears_give_the_plain_logits_and_tokens(kind, monkeypatch):
         for x in (torch.randint(0, 97, (1, 1)), torch.randint(0, 97, (2, 5)), torch.randint(0, 97, (5, 40))):
             args = (x, x[:, :3]) if kind is T5 else (x,)
             plain = m(*args)[0]
-            with ops.packed_linears(m):
+            with ops.inference_linears(m):
                 assert packed_forwards(m) == sum(isinstance(layer, torch.nn.Linear) for layer in m.modules())
                 packed = m(*args)[0]
             torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
@@ -213,26 +213,45 @@ def test_packed_linears_give_the_plain_logits_and_tokens(kind, monkeypatch):
 
 def test_packed_weights_follow_the_weights(monkeypatch):
     """A weight changed in place (an optimizer step, a load) is packed again; bf16 weights and small models are
-    not packed at all, and an error inside leaves the layers plain."""
+    not packed at all (nor do bf16 ones change route where the CPU has bf16 kernels), and an error inside leaves
+    the layers plain."""
     m = model(LLAMA)  # its head is its own, not the embeddings
     x = torch.randint(0, 97, (1, 4))
     monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 0)
-    with torch.inference_mode(), ops.packed_linears(m):
+    with torch.inference_mode(), ops.inference_linears(m):
         before = m(x)[0]
     with torch.no_grad():
         m.lm_head.weight.mul_(2.0)
-    with torch.inference_mode(), ops.packed_linears(m):
+    with torch.inference_mode(), ops.inference_linears(m):
         after = m(x)[0]
     torch.testing.assert_close(after, 2 * before, rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="inside"), ops.packed_linears(m):
+    with pytest.raises(RuntimeError, match="inside"), ops.inference_linears(m):
         raise RuntimeError("inside")
     assert packed_forwards(m) == 0
+    monkeypatch.setattr(ops, "BF16_EMULATED", False)
     bf16 = copy.deepcopy(m).to(torch.bfloat16)
-    with ops.packed_linears(bf16):
+    with ops.inference_linears(bf16):
         assert packed_forwards(bf16) == 0
     monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 1 << 40)
-    with ops.packed_linears(m):
+    with ops.inference_linears(m):
         assert packed_forwards(m) == 0
+
+
+def test_bf16_layers_multiply_many_rows_in_fp32_where_the_cpu_emulates_bf16(monkeypatch):
+    """Beyond FEW_ROWS rows a bf16 layer's product is the fp32 one of its weights, rounded to bf16 once (which is
+    what torch's generic bf16 GEMM computes too, only slower); up to it, torch's bf16 product."""
+    monkeypatch.setattr(ops, "BF16_EMULATED", True)
+    monkeypatch.setattr(ops, "FEW_ROWS", 4)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    few, many = torch.randn(2, 2, 64).bfloat16(), torch.randn(2, 6, 64).bfloat16()
+    with torch.inference_mode(), ops.inference_linears(torch.nn.Sequential(layer)):
+        assert packed_forwards(layer) == 1
+        got_few, got_many = layer(few), layer(many)
+    in_fp32 = F.linear(many.float(), layer.weight.float(), layer.bias.float()).bfloat16()
+    assert got_many.dtype == torch.bfloat16 and torch.equal(got_many, in_fp32)
+    assert torch.equal(got_few, F.linear(few, layer.weight, layer.bias))
+    assert packed_forwards(layer) == 0
 
 
 @pytest.mark.parametrize("kind", [GPT2, LLAMA, BERT, T5], ids=["gpt2", "llama", "bert", "t5"])

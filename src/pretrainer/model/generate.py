@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .ops import packed_linears
+from .ops import inference_linears
 
 END_OF_TEXT = ("<|endoftext|>", "</s>")  # GPT-style and T5-style end-of-text tokens
 
@@ -126,7 +126,8 @@ def generate(
     row and advances as far as the row that accepts fewest; how long the drafts are follows how the last ones
     fared (`DraftSchedule`). The tokens are greedy decoding's, bar a near-tie that the wider pass's rounding could
     tip; a row's tokens after its stop token are unspecified. `draft_tokens=0` decodes one token per pass.
-    A large fp32 model on a CPU multiplies its passes' few rows by packed weights (`ops.packed_linears`).
+    On a CPU, linear layers take the faster routes of `ops.inference_linears` (packed fp32 weights for few rows;
+    fp32 products for bf16 weights over many rows where the CPU has no bf16 kernels).
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     check_language_model(model)
@@ -134,7 +135,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with packed_linears(model):
+        with inference_linears(model):
             out = _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids,
                           should_stop, padding_mask, draft_tokens)  # fmt: skip
     finally:

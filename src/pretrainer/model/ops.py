@@ -1,5 +1,5 @@
 """Kernels that measured faster than torch's own ops on CPU (see benchmarks/RESULTS.md): RMSNorm with its backward
-written out, linear + cross-entropy in row chunks, and linear layers over few rows by oneDNN's packed weights."""
+written out, linear + cross-entropy in row chunks, and the routes linear layers take in inference."""
 
 from __future__ import annotations
 
@@ -102,13 +102,19 @@ def linear_cross_entropy(
         return total / (targets != -100).sum().clamp(min=1)
 
 
-# A pass over few rows (a decoding step, a draft's check) multiplies each weight by a thin matrix: MKL's GEMM (what
-# F.linear runs) repacks the weight for every such product, oneDNN multiplies a copy packed once. That pays where
-# the weights outgrow the last-level cache and every pass streams them from memory (SmolLM2-135M: a 1-token pass
-# 40 against 54 ms, a 2-token pass 47 against 79; T5-small: 12 against 16 ms), and not where they stay in it (the
-# tiny GPT's 5 MB: oneDNN's per-call overhead makes it 5% slower). From 129 rows on, MKL is as fast again.
-PACKED_FROM_ELEMENTS = 1 << 23  # the model's linear weights: 32 MiB of fp32, this CPU's last-level cache
-PACKED_MAX_ROWS = 128
+# Two routes for linear layers in inference on an x86 CPU, where torch's own choice measured slow (RESULTS.md):
+# - fp32, a pass over few rows (a decoding step, a draft's check): MKL's GEMM (what F.linear runs) repacks each
+#   weight for every thin product; oneDNN multiplies a copy packed once. That pays where the weights outgrow the
+#   last-level cache and every pass streams them from memory (SmolLM2-135M: a 1-token pass 40 against 54 ms, a
+#   2-token pass 47 against 79; T5-small: 12 against 16 ms), not where they stay in it (the tiny GPT's 5 MB:
+#   oneDNN's per-call overhead makes it 5% slower). From 129 rows on, MKL is as fast again.
+# - bf16 on a CPU without bf16 matmul kernels (oneDNN needs AVX-512 or AVX-NE-CONVERT): torch falls back to a
+#   generic GEMM, ~17 GFLOP/s here against fp32's ~60, so many rows (a prompt's prefill) run faster in fp32, the
+#   weight upcast on the fly (SmolLM2, 408 tokens: 0.7 against 4.6 s). Few rows stay in bf16: a thin product
+#   streams the weights, and bf16's are half the bytes (SmolLM2's 1-token pass: 31 ms against fp32's 40).
+PACKED_FROM_ELEMENTS = 1 << 23  # the model's fp32 linear weights: 32 MiB, this CPU's last-level cache
+FEW_ROWS = 128
+BF16_EMULATED = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((version, address), packed copy)
 
 
@@ -122,30 +128,40 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     return entry[1]
 
 
-def _linear_over_few_rows(layer: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+def _few_rows_packed(layer: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() > FEW_ROWS * x.shape[-1]:
         return F.linear(x, layer.weight, layer.bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, layer.bias, "none", [], "")
 
 
+def _many_rows_in_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() <= FEW_ROWS * x.shape[-1]:
+        return F.linear(x, layer.weight, layer.bias)
+    bias = layer.bias.float() if layer.bias is not None else None
+    return F.linear(x.float(), layer.weight.float(), bias).to(x.dtype)
+
+
 @contextlib.contextmanager
-def packed_linears(model: nn.Module) -> Iterator[None]:
-    """Within it (inference only: no gradients flow through), `model`'s nn.Linear layers multiply up to
-    `PACKED_MAX_ROWS` rows by oneDNN's packed copies of their weights, where that pays: fp32 on a CPU, and linear
-    weights of `PACKED_FROM_ELEMENTS` or more in all. The copies double those weights' memory while they live."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    packable = (
-        torch.backends.mkldnn.is_available()
-        and all(type(m.weight.data) is torch.Tensor and m.weight.device.type == "cpu" for m in linears)
-        and all(m.weight.dtype == torch.float32 for m in linears)
-        and sum(m.weight.numel() for m in linears) >= PACKED_FROM_ELEMENTS
-    )
-    if not packable:
-        linears = []
-    for layer in linears:
-        layer.forward = functools.partial(_linear_over_few_rows, layer, _packed_weight(layer.weight))
+def inference_linears(model: nn.Module) -> Iterator[None]:
+    """Within it (inference only: no gradients flow through), `model`'s nn.Linear layers on an x86 CPU take the
+    routes above: fp32 ones, if they hold `PACKED_FROM_ELEMENTS` or more in all, multiply up to `FEW_ROWS` rows by
+    packed copies of their weights (kept while the weights are unchanged: they double their memory); bf16 ones,
+    where the CPU has no bf16 kernels, multiply more rows than that in fp32."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight.data) is torch.Tensor]
+    if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX")):
+        linears = []  # both routes were measured on x86 only
+    fp32 = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    if sum(m.weight.numel() for m in fp32) < PACKED_FROM_ELEMENTS:
+        fp32 = []
+    bf16 = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == torch.bfloat16]
+    if not BF16_EMULATED:
+        bf16 = []
+    for layer in fp32:
+        layer.forward = functools.partial(_few_rows_packed, layer, _packed_weight(layer.weight))
+    for layer in bf16:
+        layer.forward = functools.partial(_many_rows_in_fp32, layer)
     try:
         yield
     finally:
-        for layer in linears:
+        for layer in fp32 + bf16:
             del layer.forward

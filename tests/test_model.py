@@ -179,11 +179,17 @@ T5 = dict(
 )  # fmt: skip
 
 
+x86_only = pytest.mark.skipif(
+    not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="inference_linears' routes are x86's"
+)
+
+
 def packed_forwards(m) -> int:
     """How many of the model's linear layers take a route of `inference_linears` now."""
     return sum("forward" in layer.__dict__ for layer in m.modules() if isinstance(layer, torch.nn.Linear))
 
 
+@x86_only
 @pytest.mark.parametrize("kind", [GPT2, T5], ids=["gpt2", "t5"])
 def test_packed_weights_give_the_plain_logits_and_tokens(kind, monkeypatch):
     """Packed weights for few rows, F.linear beyond FEW_ROWS (200 rows here): the same logits, biases
@@ -211,6 +217,7 @@ def test_packed_weights_give_the_plain_logits_and_tokens(kind, monkeypatch):
     assert torch.equal(m.generate(prompt, 20, temperature=0), tokens)
 
 
+@x86_only
 def test_packed_weights_follow_the_weights(monkeypatch):
     """A weight changed in place (an optimizer step, a load) is packed again; bf16 weights and small models are
     not packed at all (nor do bf16 ones change route where the CPU has bf16 kernels), and an error inside leaves
@@ -237,6 +244,7 @@ def test_packed_weights_follow_the_weights(monkeypatch):
         assert packed_forwards(m) == 0
 
 
+@x86_only
 def test_bf16_layers_multiply_many_rows_in_fp32_where_the_cpu_emulates_bf16(monkeypatch):
     """Beyond FEW_ROWS rows a bf16 layer's product is the fp32 one of its weights, rounded to bf16 once (which is
     what torch's generic bf16 GEMM computes too, only slower); up to it, torch's bf16 product."""

@@ -220,8 +220,8 @@ def test_packed_weights_give_the_plain_logits_and_tokens(kind, monkeypatch):
 @x86_only
 def test_packed_weights_follow_the_weights(monkeypatch):
     """A weight changed in place (an optimizer step, a load) is packed again; bf16 weights and small models are
-    not packed at all (nor do bf16 ones change route where the CPU has bf16 kernels), and an error inside leaves
-    the layers plain."""
+    not packed at all (nor do bf16 ones change route where the CPU has bf16 kernels); an error inside leaves the
+    layers plain, and so does the end of an enclosing call, not of an inner one."""
     m = model(LLAMA)  # its head is its own, not the embeddings
     x = torch.randint(0, 97, (1, 4))
     monkeypatch.setattr(ops, "PACKED_FROM_ELEMENTS", 0)
@@ -235,6 +235,11 @@ def test_packed_weights_follow_the_weights(monkeypatch):
     with pytest.raises(RuntimeError, match="inside"), ops.inference_linears(m):
         raise RuntimeError("inside")
     assert packed_forwards(m) == 0
+    with ops.inference_linears(m):  # scoring inside generation, say: the inner call leaves the routes to the outer
+        with ops.inference_linears(m):
+            pass
+        assert packed_forwards(m) == 9  # 4 in each block and the head
+    assert packed_forwards(m) == 0
     monkeypatch.setattr(ops, "BF16_EMULATED", False)
     bf16 = copy.deepcopy(m).to(torch.bfloat16)
     with ops.inference_linears(bf16):
@@ -246,8 +251,8 @@ def test_packed_weights_follow_the_weights(monkeypatch):
 
 @x86_only
 def test_bf16_layers_multiply_many_rows_in_fp32_where_the_cpu_emulates_bf16(monkeypatch):
-    """Beyond FEW_ROWS rows a bf16 layer's product is the fp32 one of its weights, rounded to bf16 once (which is
-    what torch's generic bf16 GEMM computes too, only slower); up to it, torch's bf16 product."""
+    """Beyond FEW_ROWS rows a bf16 layer's product is the fp32 one of its weights, rounded to bf16 once; up to it,
+    torch's bf16 product."""
     monkeypatch.setattr(ops, "BF16_EMULATED", True)
     monkeypatch.setattr(ops, "FEW_ROWS", 4)
     torch.manual_seed(0)

@@ -31,6 +31,7 @@ from ..data.tasks import builtin_task
 from ..data.tokenizer import eos_id
 from ..errors import CheckpointError, ConfigError, DataError
 from ..model.generate import check_language_model, generate_texts, prefill
+from ..model.ops import inference_linears
 
 
 @dataclass
@@ -367,7 +368,8 @@ def token_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
             inputs[row, : len(ids)] = torch.tensor(ids)
         scored_from = min(len(pairs[i][0]) for ids in chunk for i in rows[ids]) - 1  # the first position scored
         time = inputs.shape[1]
-        logits, _ = prefill(model, inputs.to(device), time, time - scored_from, shared_limit=scored_from)
+        with inference_linears(model):
+            logits, _ = prefill(model, inputs.to(device), time, time - scored_from, shared_limit=scored_from)
         logprobs = logits.float().log_softmax(-1).cpu()
         for row, ids in enumerate(chunk):
             for i in rows[ids]:
@@ -407,10 +409,12 @@ def _seq2seq_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_s
         chunk_contexts = list(dict.fromkeys(requests[i][0] for i in chunk))
         source = [sources[c] for c in chunk_contexts]
         input_ids, padding_mask = _padded(source, device)
-        memory = model.encode(input_ids, padding_mask)  # once per context, whatever its number of choices
+        with inference_linears(model):
+            memory = model.encode(input_ids, padding_mask)  # once per context, whatever its number of choices
         rows = [chunk_contexts.index(requests[i][0]) for i in chunk]
         decoder_input_ids, _ = _padded([[model.config.decoder_start_id, *targets[i][:-1]] for i in chunk], device)
-        logits, _ = model(None, decoder_input_ids, memory=memory[rows], padding_mask=padding_mask[rows])
+        with inference_linears(model):
+            logits, _ = model(None, decoder_input_ids, memory=memory[rows], padding_mask=padding_mask[rows])
         logprobs = logits.float().log_softmax(-1).cpu()
         for row, i in enumerate(chunk):
             out.append(_summed(logprobs[row, : len(targets[i])], targets[i]))

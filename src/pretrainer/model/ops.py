@@ -146,8 +146,9 @@ def inference_linears(model: nn.Module) -> Iterator[None]:
     """Within it (inference only: no gradients flow through), `model`'s nn.Linear layers on an x86 CPU take the
     routes above: fp32 ones, if they hold `PACKED_FROM_ELEMENTS` or more in all, multiply up to `FEW_ROWS` rows by
     packed copies of their weights (kept while the weights are unchanged: they double their memory); bf16 ones,
-    where the CPU has no bf16 kernels, multiply more rows than that in fp32."""
+    where the CPU has no bf16 kernels, multiply more rows than that in fp32. Generation and scoring enter it."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight.data) is torch.Tensor]
+    linears = [m for m in linears if "forward" not in m.__dict__]  # one routed by an enclosing call stays so
     if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX")):
         linears = []  # both routes were measured on x86 only
     fp32 = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]

@@ -219,7 +219,7 @@ def _decode(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cac
 
 class DraftSchedule:
     """How long the next draft is, from how the last ones fared. A pass over a draft costs more than a pass over
-    one token (on the 2-core CPU: 1.5x for SmolLM2 with 1 draft token, 2.2x with 8; 2.6-3.4x at batch 8 and 16),
+    one token (on the 2-core CPU, SmolLM2: 1.2x with 1 draft token, 1.4x with 7; 2.9x at batch 8 with 7),
     so an unlucky draft costs time: after a draft with some tokens accepted the next is twice as long plus two
     (up to `most`); after one with none, the next 1, 2, 4 ... 16 passes go without, then a draft of two tries again.
     Simulated over recorded greedy outputs with measured pass costs, this kept every gain of always drafting `most`

@@ -361,21 +361,21 @@ def token_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
         rows.setdefault(tuple(ctx + cont[:-1]), []).append(i)
     ordered = sorted(rows)  # neighbours share the longest prefixes
     out: list[tuple] = [()] * len(pairs)
-    for first in range(0, len(ordered), batch_size):
-        chunk = ordered[first : first + batch_size]
-        inputs = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            inputs[row, : len(ids)] = torch.tensor(ids)
-        scored_from = min(len(pairs[i][0]) for ids in chunk for i in rows[ids]) - 1  # the first position scored
-        time = inputs.shape[1]
-        with inference_linears(model):
+    with inference_linears(model):
+        for first in range(0, len(ordered), batch_size):
+            chunk = ordered[first : first + batch_size]
+            inputs = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for row, ids in enumerate(chunk):
+                inputs[row, : len(ids)] = torch.tensor(ids)
+            scored_from = min(len(pairs[i][0]) for ids in chunk for i in rows[ids]) - 1  # the first position scored
+            time = inputs.shape[1]
             logits, _ = prefill(model, inputs.to(device), time, time - scored_from, shared_limit=scored_from)
-        logprobs = logits.float().log_softmax(-1).cpu()
-        for row, ids in enumerate(chunk):
-            for i in rows[ids]:
-                ctx, cont = pairs[i]
-                at = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1) - scored_from  # those that predict cont
-                out[i] = _summed(logprobs[row, at], cont)
+            logprobs = logits.float().log_softmax(-1).cpu()
+            for row, ids in enumerate(chunk):
+                for i in rows[ids]:
+                    ctx, cont = pairs[i]
+                    at = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1) - scored_from  # those that predict cont
+                    out[i] = _summed(logprobs[row, at], cont)
     return out
 
 
@@ -404,20 +404,19 @@ def _seq2seq_logprobs(model, tokenizer, requests: list[tuple[str, str]], batch_s
         source = sources[context]
         _check_lengths(source, target, max(len(source), len(target)), model.config.max_seq_len)
     out = []
-    for first in range(0, len(requests), batch_size):
-        chunk = range(first, min(first + batch_size, len(requests)))
-        chunk_contexts = list(dict.fromkeys(requests[i][0] for i in chunk))
-        source = [sources[c] for c in chunk_contexts]
-        input_ids, padding_mask = _padded(source, device)
-        with inference_linears(model):
+    with inference_linears(model):
+        for first in range(0, len(requests), batch_size):
+            chunk = range(first, min(first + batch_size, len(requests)))
+            chunk_contexts = list(dict.fromkeys(requests[i][0] for i in chunk))
+            source = [sources[c] for c in chunk_contexts]
+            input_ids, padding_mask = _padded(source, device)
             memory = model.encode(input_ids, padding_mask)  # once per context, whatever its number of choices
-        rows = [chunk_contexts.index(requests[i][0]) for i in chunk]
-        decoder_input_ids, _ = _padded([[model.config.decoder_start_id, *targets[i][:-1]] for i in chunk], device)
-        with inference_linears(model):
+            rows = [chunk_contexts.index(requests[i][0]) for i in chunk]
+            decoder_input_ids, _ = _padded([[model.config.decoder_start_id, *targets[i][:-1]] for i in chunk], device)
             logits, _ = model(None, decoder_input_ids, memory=memory[rows], padding_mask=padding_mask[rows])
-        logprobs = logits.float().log_softmax(-1).cpu()
-        for row, i in enumerate(chunk):
-            out.append(_summed(logprobs[row, : len(targets[i])], targets[i]))
+            logprobs = logits.float().log_softmax(-1).cpu()
+            for row, i in enumerate(chunk):
+                out.append(_summed(logprobs[row, : len(targets[i])], targets[i]))
     return out
 
 

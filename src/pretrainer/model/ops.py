@@ -148,13 +148,14 @@ def inference_linears(model: nn.Module) -> Iterator[None]:
     packed copies of their weights (kept while the weights are unchanged: they double their memory); bf16 ones,
     where the CPU has no bf16 kernels, multiply more rows than that in fp32. Generation and scoring enter it."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight.data) is torch.Tensor]
-    linears = [m for m in linears if "forward" not in m.__dict__]  # one routed by an enclosing call stays so
+    # a layer that an enclosing call routed already stays as that call left it
+    linears = [m for m in linears if m.weight.device.type == "cpu" and "forward" not in m.__dict__]
     if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX")):
         linears = []  # both routes were measured on x86 only
-    fp32 = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    fp32 = [m for m in linears if m.weight.dtype == torch.float32]
     if sum(m.weight.numel() for m in fp32) < PACKED_FROM_ELEMENTS:
         fp32 = []
-    bf16 = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == torch.bfloat16]
+    bf16 = [m for m in linears if m.weight.dtype == torch.bfloat16]
     if not BF16_EMULATED:
         bf16 = []
     for layer in fp32:
